@@ -1,0 +1,281 @@
+"""Image utilities shared by the text-to-image data builders.
+
+* colour filters for Pick-a-Filter: :func:`cool_filter` (toward blue) and :func:`warm_filter`
+  (toward red), plus :func:`blue_red_balance` to measure their effect;
+* the degradations used to make candidate "generations" from a photo: :func:`crop_zoom`,
+  :func:`gaussian_blur`, :func:`add_noise`, :func:`jpeg_degrade`, :func:`square_resize`;
+* atomic file writing (:func:`write_bytes_atomic`, :func:`png_bytes`) and :class:`ImageStore`, a
+  folder of images with a ``manifest.json`` of SHA-256 hashes so that a rebuild can reuse files
+  that are already there and intact.
+
+All functions take and return ``PIL.Image.Image`` objects in RGB mode (8 bits per channel).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+# --------------------------------------------------------------------------------------------
+# colour filters (Pick-a-Filter)
+# --------------------------------------------------------------------------------------------
+
+#: tint colours the filters blend toward (RGB)
+COOL_TINT = (40, 110, 255)
+WARM_TINT = (255, 110, 40)
+#: per-channel gains applied after the blend (R, G, B)
+COOL_GAIN = (0.85, 1.0, 1.15)
+WARM_GAIN = (1.15, 1.0, 0.85)
+#: default blend weight of the tint
+FILTER_STRENGTH = 0.25
+
+
+def to_rgb(img: Image.Image | np.ndarray) -> Image.Image:
+    """An RGB PIL image from a PIL image (any mode) or an array (H, W), (H, W, 3) or (H, W, 4).
+    Float arrays are taken to be in [0, 1]; an alpha channel is dropped."""
+    if isinstance(img, Image.Image):
+        return img if img.mode == "RGB" else img.convert("RGB")
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr.astype(np.float64), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    return Image.fromarray(np.ascontiguousarray(arr[..., :3]), mode="RGB")
+
+
+def tint_filter(img: Image.Image, tint: tuple, gain: tuple, strength: float = FILTER_STRENGTH) -> Image.Image:
+    """Colour filter: ``out = clip(((1 - strength) * img + strength * tint) * gain)``.
+
+    The blend shifts every pixel toward the ``tint`` colour; the per-channel ``gain`` then
+    strengthens one end of the red-blue axis and weakens the other, so the image keeps its
+    content but its colour balance clearly moves toward the tint."""
+    arr = np.asarray(to_rgb(img), dtype=np.float32)
+    out = (1.0 - strength) * arr + strength * np.asarray(tint, dtype=np.float32)
+    out = out * np.asarray(gain, dtype=np.float32)
+    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+
+
+def cool_filter(img: Image.Image, strength: float = FILTER_STRENGTH) -> Image.Image:
+    """Blue / cool-tone filter: blend toward ``COOL_TINT`` and boost blue, damp red."""
+    return tint_filter(img, COOL_TINT, COOL_GAIN, strength)
+
+
+def warm_filter(img: Image.Image, strength: float = FILTER_STRENGTH) -> Image.Image:
+    """Red / warm-tone filter: blend toward ``WARM_TINT`` and boost red, damp blue."""
+    return tint_filter(img, WARM_TINT, WARM_GAIN, strength)
+
+
+#: filter name -> function, as used in Pick-a-Filter and in file names
+FILTERS: dict[str, Callable[[Image.Image], Image.Image]] = {"cool": cool_filter, "warm": warm_filter}
+
+
+def open_rgb(path: str | os.PathLike) -> Image.Image:
+    """Load an image file as RGB (fully read, file closed)."""
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def blue_red_balance(img: Image.Image | str | os.PathLike) -> float:
+    """Mean of (blue - red) over all pixels, in [-1, 1]: > 0 means bluer, < 0 redder."""
+    if not isinstance(img, Image.Image):
+        img = open_rgb(img)
+    arr = np.asarray(to_rgb(img), dtype=np.float32) / 255.0
+    return float((arr[..., 2] - arr[..., 0]).mean())
+
+
+# --------------------------------------------------------------------------------------------
+# transformations used to make candidate generations
+# --------------------------------------------------------------------------------------------
+
+
+def square_resize(img: Image.Image, size: int = 224) -> Image.Image:
+    """Centre-crop to a square and resize to ``size`` x ``size`` (bicubic)."""
+    img = to_rgb(img)
+    w, h = img.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return img.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
+
+
+def crop_zoom(img: Image.Image, frac: float, cx: float, cy: float, size: int = 224) -> Image.Image:
+    """Zoom in: crop a square of side ``frac * min(W, H)`` whose centre sits at the relative
+    position (``cx``, ``cy``) in [0, 1] of the range that keeps the crop inside the image, then
+    resize it to ``size`` x ``size``. ``frac = 1`` is a plain centre square."""
+    img = to_rgb(img)
+    w, h = img.size
+    s = max(1, int(round(frac * min(w, h))))
+    left = int(round(cx * (w - s)))
+    top = int(round(cy * (h - s)))
+    return img.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
+
+
+def gaussian_blur(img: Image.Image, radius: float) -> Image.Image:
+    """Gaussian blur with standard deviation ``radius`` pixels (0: unchanged)."""
+    img = to_rgb(img)
+    return img if radius <= 0 else img.filter(ImageFilter.GaussianBlur(radius))
+
+
+def add_noise(img: Image.Image, sigma: float, seed: int | list) -> Image.Image:
+    """Add i.i.d. Gaussian pixel noise of standard deviation ``sigma`` (in 0..255 units),
+    drawn from ``numpy.random.default_rng(seed)`` so that it is reproducible."""
+    img = to_rgb(img)
+    if sigma <= 0:
+        return img
+    arr = np.asarray(img, dtype=np.float32)
+    noise = np.random.default_rng(seed).normal(0.0, sigma, size=arr.shape).astype(np.float32)
+    return Image.fromarray(np.clip(arr + noise + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+
+
+def jpeg_degrade(img: Image.Image, quality: int) -> Image.Image:
+    """Round-trip through JPEG at ``quality`` (1..95): blocking and ringing artefacts."""
+    buf = io.BytesIO()
+    to_rgb(img).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return im.convert("RGB")
+
+
+# --------------------------------------------------------------------------------------------
+# files
+# --------------------------------------------------------------------------------------------
+
+
+def png_bytes(img: Image.Image, compress_level: int = 1) -> bytes:
+    """The PNG encoding of ``img`` (deterministic for the same pixels)."""
+    buf = io.BytesIO()
+    to_rgb(img).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file in the same folder, then rename it over ``path``:
+    readers never see a half-written file, even if the process is killed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def save_png_atomic(img: Image.Image, path: str | os.PathLike) -> str:
+    """Save ``img`` as PNG at ``path`` atomically; returns the file's SHA-256."""
+    data = png_bytes(img)
+    write_bytes_atomic(path, data)
+    return sha256_bytes(data)
+
+
+def image_extension(data: bytes) -> str | None:
+    """``.jpg`` / ``.png`` / ``.webp`` from the magic bytes, or None if unknown."""
+    if data[:3] == b"\xff\xd8\xff":
+        return ".jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return ".png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    return None
+
+
+class ImageStore:
+    """A folder of images plus ``manifest.json`` (file name -> SHA-256).
+
+    :meth:`ensure` creates an image only when the file is missing or does not match the hash
+    recorded when it was written, so a rebuild with the same recipe names costs a hash check per
+    file. :meth:`put_bytes` stores encoded bytes under a content-hash name (deduplicated).
+    Call :meth:`save_manifest` at the end of a build."""
+
+    MANIFEST = "manifest.json"
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        mpath = self.directory / self.MANIFEST
+        self.manifest: dict[str, str] = json.loads(mpath.read_text()) if mpath.exists() else {}
+        self._verified: set[str] = set()
+        self.created = 0
+        self.reused = 0
+
+    def _is_intact(self, name: str) -> bool:
+        if name in self._verified:
+            return True
+        path = self.directory / name
+        ok = name in self.manifest and path.is_file() and sha256_file(path) == self.manifest[name]
+        if ok:
+            self._verified.add(name)
+        return ok
+
+    def ensure(self, name: str, make: Callable[[], Image.Image]) -> str:
+        """Make sure ``name`` exists and is intact, calling ``make()`` only if it is not."""
+        if self._is_intact(name):
+            self.reused += 1
+            return name
+        self.manifest[name] = save_png_atomic(make(), self.directory / name)
+        self._verified.add(name)
+        self.created += 1
+        return name
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store encoded image bytes under ``<sha256[:24]><ext>``; PIL-readable bytes of an
+        unknown format are re-encoded as PNG. Returns the file name."""
+        ext = image_extension(data)
+        if ext is None:
+            with Image.open(io.BytesIO(data)) as im:
+                data = png_bytes(im)
+            ext = ".png"
+        digest = sha256_bytes(data)
+        name = digest[:24] + ext
+        if name in self._verified or (self.manifest.get(name) == digest and (self.directory / name).is_file()):
+            self._verified.add(name)
+            self.reused += 1
+            return name
+        write_bytes_atomic(self.directory / name, data)
+        self.manifest[name] = digest
+        self._verified.add(name)
+        self.created += 1
+        return name
+
+    def open(self, name: str) -> Image.Image:
+        """Load a stored image as RGB."""
+        return open_rgb(self.directory / name)
+
+    def prune(self, keep: set[str]) -> int:
+        """Delete the images in the manifest that are not in ``keep``; returns how many."""
+        removed = 0
+        for name in sorted(set(self.manifest) - set(keep)):
+            (self.directory / name).unlink(missing_ok=True)
+            del self.manifest[name]
+            self._verified.discard(name)
+            removed += 1
+        return removed
+
+    def save_manifest(self) -> None:
+        write_text_atomic(self.directory / self.MANIFEST, json.dumps(self.manifest, indent=0, sort_keys=True) + "\n")

@@ -1,0 +1,361 @@
+"""Reddit TL;DR preference data with synthetic length-preferring users (P-RLHF protocol).
+
+Builds the PAL paper's summarisation dataset from the Hub dataset ``openai/summarize_from_feedback``
+(config ``comparisons``), following the reference implementation (method.md section 11.1):
+
+* **Row filter:** keep SFT-vs-SFT comparisons: both summaries' ``policy`` contains ``"sup"`` and
+  neither contains ``"ppo"``. Rows whose post (``info.post``, falling back to ``info.article``) or
+  either summary text is null/empty are dropped too.
+* **Seen users:** the 10 workers with the most filtered *train* rows, in descending-count order (ties
+  broken by worker id). Positions 3, 4, 5 are the *minority* (prefer the SHORTER summary), the other
+  seven the *majority* (prefer the LONGER summary).
+* **Labels** are synthetic, from character length; the human choice is discarded. On equal lengths the
+  second summary (``summaries[1]``, "right") is preferred by both groups.
+* **Text:** prompt ``"Human: {post} Assistant:"``, responses ``" " + summary``.
+* **Splits:** the seen users' train rows are split 90/10 into train/val, stratified by user (seed 42);
+  seen test = their rows of the Hub ``validation`` split.
+* **Unseen users:** workers of the validation split who are not seen users and have >= 100 rows.
+  The reference hard-codes which of them are minority (9 of 31); we cannot reproduce that list, so
+  the users are sorted by id and ~30 % of them, spread evenly ("every ~third"), are minority
+  (:func:`unseen_groups`; 9 of 31 when there are 31).
+* **Few-shot splits** of the unseen users: ``n`` rows per user for training, the rest for testing,
+  for n in 1, 2, 5, 10, 20, 50, 100 (:func:`pal_mm.data.split_rows_per_user`, seed 42; users with
+  ``<= n`` rows are dropped).
+
+Output directory (written atomically: a temporary directory renamed into place)::
+
+    seen_train.jsonl  seen_val.jsonl  seen_test.jsonl  unseen.jsonl
+    unseen_n{N}_train.jsonl  unseen_n{N}_test.jsonl   (N = 1, 2, 5, 10, 20, 50, 100)
+    meta.json
+
+Each row is ``{"user_id", "prompt", "chosen", "rejected", "group"}``.
+
+The protocol part (:func:`build_protocol_files`, :func:`write_dataset`) is shared with the offline
+builder :mod:`data_scripts.summary_default`.
+
+Usage::
+
+    python -m data_scripts.summary --out DIR [--source HUB_NAME_OR_LOCAL_PATH]
+
+``--source`` is a Hub dataset name (loaded with ``datasets.load_dataset(name, "comparisons")``) or a
+local copy in the Hub schema (rows with ``info`` {id, post, title, subreddit, article}, ``summaries``
+[{text, policy, note}, {...}], ``choice``, ``worker``, ``batch``, ``split``, ``extra``):
+
+* a directory holding one file per split: ``{split}.jsonl`` / ``{split}.json`` / ``{split}.parquet``,
+  ``{split}-*.parquet``, ``{split}/*.parquet`` or ``comparisons/{split}/*.parquet``;
+* a single .jsonl/.json/.parquet file holding all rows; the rows' ``split`` field picks the split
+  (``validation`` also matches the Hub's ``valid1``/``valid2`` values).
+
+``--train-split`` / ``--test-split`` (default ``train`` / ``validation``) name the two splits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from pal_mm.data import read_rows, split_rows_per_user
+from pal_mm.errors import DataError
+
+HUB_NAME = "openai/summarize_from_feedback"
+HUB_CONFIG = "comparisons"
+SEED = 42
+N_SEEN = 10
+MINORITY_POSITIONS = (3, 4, 5)
+VAL_FRACTION = 0.1
+UNSEEN_MIN_ROWS = 100
+UNSEEN_MINORITY_FRACTION = 0.3
+FEW_SHOT_NS = (1, 2, 5, 10, 20, 50, 100)
+MAJORITY, MINORITY = "majority", "minority"
+
+PROTOCOL = {
+    "row_filter": "both summaries' policy contains 'sup', neither contains 'ppo'; non-null texts",
+    "seen_users": f"top {N_SEEN} workers by filtered train rows (ties by id); positions "
+    f"{list(MINORITY_POSITIONS)} minority, the rest majority",
+    "labels": "majority prefers the longer summary, minority the shorter; equal lengths -> the "
+    "second summary (summaries[1]) is preferred by both groups",
+    "splits": f"seen train rows split {100 - int(VAL_FRACTION * 100)}/{int(VAL_FRACTION * 100)} "
+    f"train/val stratified by user (seed {SEED}); seen test = seen users' test-split rows",
+    "unseen_users": f"test-split workers not seen with >= {UNSEEN_MIN_ROWS} rows; sorted by id, "
+    f"~{int(UNSEEN_MINORITY_FRACTION * 100)}% spread evenly are minority (the reference's hard-coded "
+    "list is not reproducible)",
+    "few_shot": f"pal_mm.data.split_rows_per_user(n, seed={SEED}) for n in {list(FEW_SHOT_NS)}",
+}
+
+
+# ------------------------------------------------------------------------------------------
+# Shared protocol: groups, labels, splits, output files (also used by summary_default)
+# ------------------------------------------------------------------------------------------
+# A "comparison" is a dict {"worker", "prompt", "left", "right"}: one unlabelled pair as shown to
+# one worker, left = summaries[0], right = summaries[1] (responses already prefixed with " ").
+
+
+def preferred(left: str, right: str, group: str) -> tuple[str, str]:
+    """Return (chosen, rejected) by the length rule. Majority prefers the longer response, minority
+    the shorter; on equal lengths the right response wins for both groups."""
+    if group == MINORITY:
+        left_wins = len(left) < len(right)
+    else:
+        left_wins = len(left) > len(right)
+    return (left, right) if left_wins else (right, left)
+
+
+def top_workers(comparisons: list[dict], k: int = N_SEEN) -> list[str]:
+    """The k workers with the most comparisons, most first; ties broken by worker id."""
+    counts = Counter(c["worker"] for c in comparisons)
+    return sorted(counts, key=lambda w: (-counts[w], w))[:k]
+
+
+def seen_groups(seen: list[str]) -> dict[str, str]:
+    """Group of each seen user from its position in the count order (3, 4, 5 = minority)."""
+    return {w: MINORITY if i in MINORITY_POSITIONS else MAJORITY for i, w in enumerate(seen)}
+
+
+def unseen_groups(users: Iterable[str]) -> dict[str, str]:
+    """Spread ~30 % minority users evenly over the users sorted by id.
+
+    With n users and m = round(0.3 n) minority users, user i (0-based, in id order) is minority when
+    floor((i + 1) m / n) > floor(i m / n), i.e. every ~n/m-th user; for n = 31 this gives m = 9."""
+    users = sorted(users)
+    n = len(users)
+    m = int(UNSEEN_MINORITY_FRACTION * n + 0.5)
+    return {u: MINORITY if (i + 1) * m // n > i * m // n else MAJORITY for i, u in enumerate(users)}
+
+
+def label_rows(comparisons: list[dict], groups: dict[str, str]) -> list[dict]:
+    """Canonical rows for the comparisons of the workers in ``groups`` (input order kept)."""
+    rows = []
+    for c in comparisons:
+        group = groups.get(c["worker"])
+        if group is None:
+            continue
+        chosen, rejected = preferred(c["left"], c["right"], group)
+        rows.append({"user_id": c["worker"], "prompt": c["prompt"], "chosen": chosen, "rejected": rejected, "group": group})
+    return rows
+
+
+def split_train_val(rows: list[dict], val_fraction: float = VAL_FRACTION, seed: int = SEED) -> tuple[list[dict], list[dict]]:
+    """Stratified train/val split: round(val_fraction * n_u) random rows of each user u go to val.
+    Each user's shuffle uses its own RNG seeded by (seed, user id); input order is kept."""
+    by_user: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_user.setdefault(row["user_id"], []).append(i)
+    val_idx: set[int] = set()
+    for user in sorted(by_user):
+        idx = list(by_user[user])
+        random.Random(f"{seed}:{user}").shuffle(idx)
+        val_idx.update(idx[: int(val_fraction * len(idx) + 0.5)])
+    train = [r for i, r in enumerate(rows) if i not in val_idx]
+    val = [r for i, r in enumerate(rows) if i in val_idx]
+    return train, val
+
+
+def build_protocol_files(train: list[dict], test: list[dict]) -> tuple[dict[str, list[dict]], dict]:
+    """Apply the protocol to train-split and test-split comparisons.
+
+    Returns ``(files, users)``: file name -> rows, and the meta entries for seen/unseen users."""
+    seen = top_workers(train)
+    if len(seen) < N_SEEN:
+        raise DataError(f"train split: only {len(seen)} workers after filtering, need {N_SEEN}")
+    groups = seen_groups(seen)
+    seen_train, seen_val = split_train_val(label_rows(train, groups))
+    seen_test = label_rows(test, groups)
+
+    test_counts = Counter(c["worker"] for c in test)
+    unseen = sorted(w for w, k in test_counts.items() if w not in groups and k >= UNSEEN_MIN_ROWS)
+    ugroups = unseen_groups(unseen)
+    unseen_rows = label_rows(test, ugroups)
+
+    files = {"seen_train.jsonl": seen_train, "seen_val.jsonl": seen_val, "seen_test.jsonl": seen_test, "unseen.jsonl": unseen_rows}
+    for n in FEW_SHOT_NS:
+        few_train, few_test = split_rows_per_user(unseen_rows, n, seed=SEED)
+        files[f"unseen_n{n}_train.jsonl"] = few_train
+        files[f"unseen_n{n}_test.jsonl"] = few_test
+
+    train_counts = Counter(c["worker"] for c in train)
+    users = {
+        "seen_users": [
+            {"user_id": w, "group": groups[w], "train_split_rows": train_counts[w], "test_split_rows": test_counts[w]} for w in seen
+        ],
+        "unseen_users": [{"user_id": w, "group": ugroups[w], "rows": test_counts[w]} for w in unseen],
+    }
+    return files, users
+
+
+def write_dataset(out_dir: str | os.PathLike, files: dict[str, list[dict]], meta: dict) -> None:
+    """Write the jsonl files and meta.json into a temporary directory next to ``out_dir``, then
+    rename it into place (replacing an existing ``out_dir``)."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for name, rows in files.items():
+            with open(tmp / name, "w", encoding="utf-8") as fh:
+                for row in rows:
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        with open(tmp / "meta.json", "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(meta, ensure_ascii=False, indent=2) + "\n")
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rename(out, old / out.name)
+        os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def build_and_write(train: list[dict], test: list[dict], out_dir: str | os.PathLike, meta_head: dict) -> dict:
+    """Protocol + output: returns the meta dict written to ``meta.json``."""
+    files, users = build_protocol_files(train, test)
+    meta = dict(meta_head)
+    meta["protocol"] = PROTOCOL
+    meta["counts"] = {name: len(rows) for name, rows in files.items()}
+    meta.update(users)
+    write_dataset(out_dir, files, meta)
+    return meta
+
+
+# ------------------------------------------------------------------------------------------
+# Reading the Hub schema
+# ------------------------------------------------------------------------------------------
+def is_sft_pair(policies: list[str]) -> bool:
+    """SFT-vs-SFT filter: every policy contains 'sup' and none contains 'ppo'."""
+    return all("sup" in p for p in policies) and not any("ppo" in p for p in policies)
+
+
+def _optional_str(value, where: str, field: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise DataError(f"{where}: field '{field}': expected a string or null, got {type(value).__name__}")
+    return value or None
+
+
+def parse_hub_rows(rows: Iterable[tuple[str, object]]) -> list[dict]:
+    """Validate rows in the Hub schema and turn the SFT-vs-SFT ones with non-null texts into
+    comparisons. ``rows`` yields (location for error messages, row)."""
+    out = []
+    for where, row in rows:
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected an object, got {type(row).__name__}")
+        for field, kind in (("info", dict), ("summaries", list), ("worker", str)):
+            if not isinstance(row.get(field), kind):
+                got = "missing" if field not in row else type(row[field]).__name__
+                raise DataError(f"{where}: field '{field}': expected {kind.__name__}, got {got}")
+        worker, info, summaries = row["worker"], row["info"], row["summaries"]
+        if not worker.strip():
+            raise DataError(f"{where}: field 'worker': empty")
+        if len(summaries) != 2:
+            raise DataError(f"{where}: field 'summaries': expected 2 summaries, got {len(summaries)}")
+        policies, texts = [], []
+        for j, s in enumerate(summaries):
+            if not isinstance(s, dict):
+                raise DataError(f"{where}: field 'summaries[{j}]': expected an object, got {type(s).__name__}")
+            if not isinstance(s.get("policy"), str):
+                raise DataError(f"{where}: field 'summaries[{j}].policy': expected a string")
+            policies.append(s["policy"])
+            texts.append(_optional_str(s.get("text"), where, f"summaries[{j}].text"))
+        post = _optional_str(info.get("post"), where, "info.post")
+        if post is None:
+            post = _optional_str(info.get("article"), where, "info.article")
+        if not is_sft_pair(policies) or post is None or None in texts:
+            continue
+        out.append({"worker": worker, "prompt": f"Human: {post} Assistant:", "left": " " + texts[0], "right": " " + texts[1]})
+    return out
+
+
+def _split_files(directory: Path, split: str) -> list[Path]:
+    """Files of one split in a local directory (first layout that matches)."""
+    patterns = [f"{split}.jsonl", f"{split}.json", f"{split}.parquet", f"{split}-*.parquet", f"{split}/*.parquet",
+                f"{HUB_CONFIG}/{split}/*.parquet", f"{HUB_CONFIG}/{split}-*.parquet"]
+    for pattern in patterns:
+        found = sorted(p for p in directory.glob(pattern) if p.is_file())
+        if found:
+            return found
+    return []
+
+
+def _split_matches(value: str, split: str) -> bool:
+    """Does a row's ``split`` field belong to the requested split? ('validation' ~ 'valid1'...)"""
+    return value == split or (split == "validation" and value.startswith("valid"))
+
+
+def iter_split(source: str, split: str) -> Iterator[tuple[str, object]]:
+    """Yield (location, row) for one split of a Hub name, a local directory or a local file."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = _split_files(path, split)
+        if not files:
+            raise DataError(f"{path}: no file for split '{split}' (expected e.g. {split}.jsonl or {split}.parquet)")
+        for f in files:
+            rows, _, label = read_rows(f)
+            for i, row in enumerate(rows, 1):
+                yield f"{label}: row {i}", row
+    elif path.is_file():
+        rows, _, label = read_rows(path)
+        for i, row in enumerate(rows, 1):
+            value = row.get("split") if isinstance(row, dict) else None
+            if not isinstance(value, str):
+                raise DataError(f"{label}: row {i}: field 'split': expected a string (a single file needs it to pick the split)")
+            if _split_matches(value, split):
+                yield f"{label}: row {i}", row
+    elif source.startswith((".", "/", "~")) or source.endswith((".jsonl", ".json", ".parquet")):
+        raise DataError(f"{source}: no such file or directory")
+    else:
+        for i, row in enumerate(_load_hub(source, split), 1):
+            yield f"{source}[{split}]: row {i}", row
+
+
+def _load_hub(name: str, split: str):
+    """``datasets.load_dataset(name, "comparisons", split=split)``; if the dataset's loading script
+    is refused (recent ``datasets``), retry on the Hub's parquet conversion."""
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        raise DataError("the 'datasets' package is needed to read from the Hub (pip install datasets)") from None
+    try:
+        return load_dataset(name, HUB_CONFIG, split=split)
+    except Exception as first:
+        try:
+            return load_dataset(name, HUB_CONFIG, split=split, revision="refs/convert/parquet")
+        except Exception:
+            msg = str(first).splitlines()[0] if str(first) else ""
+            raise DataError(f"{name}: could not load config '{HUB_CONFIG}' split '{split}' ({type(first).__name__}: {msg})") from None
+
+
+def build(source: str, out_dir: str | os.PathLike, train_split: str = "train", test_split: str = "validation") -> dict:
+    """Build the TL;DR dataset from ``source`` into ``out_dir``; returns the meta dict."""
+    train = parse_hub_rows(iter_split(source, train_split))
+    test = parse_hub_rows(iter_split(source, test_split))
+    meta_head = {"source": source, "config": HUB_CONFIG, "splits": {"train": train_split, "test": test_split},
+                 "filtered_comparisons": {"train": len(train), "test": len(test)}}
+    return build_and_write(train, test, out_dir, meta_head)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_scripts.summary", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--source", default=HUB_NAME, help=f"Hub dataset name or local file/directory (default {HUB_NAME})")
+    parser.add_argument("--train-split", default="train", help="split used for seen users' train/val (default train)")
+    parser.add_argument("--test-split", default="validation", help="split used for seen test and unseen users (default validation)")
+    args = parser.parse_args(argv)
+    try:
+        meta = build(args.source, args.out, args.train_split, args.test_split)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in meta["counts"].items() if "_n" not in k))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

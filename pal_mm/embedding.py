@@ -1,0 +1,83 @@
+"""Turn preference data into tensors with an encoder, encoding each distinct input once.
+
+``encode_data`` is the single entry point used by training, adaptation, evaluation and scoring.
+When a cache is given (see ``encoders.cache``), every distinct input is looked up there first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from encoders.base import Encoder
+
+from .data import PreferenceData
+from .errors import PalMMError
+
+
+@dataclass
+class EncodedPairs:
+    """Embeddings of a :class:`PreferenceData`: prompt (n, dp), chosen/rejected (n, di)."""
+
+    prompt: torch.Tensor
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    user_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def subset(self, idx: Sequence[int]) -> "EncodedPairs":
+        t = torch.as_tensor(list(idx), dtype=torch.long)
+        return EncodedPairs(self.prompt[t], self.chosen[t], self.rejected[t], [self.user_ids[i] for i in idx])
+
+
+def _key(value: Any):
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def encode_values(encoder: Encoder, values: Sequence[Any], tower: str, cache=None) -> torch.Tensor:
+    """Encode ``values`` with the ``"prompt"`` or ``"item"`` tower; duplicates are encoded once.
+    Returns (len(values), dim) float32."""
+    index: dict[Any, int] = {}
+    unique: list[Any] = []
+    rows = []
+    for v in values:
+        k = _key(v)
+        if k not in index:
+            index[k] = len(unique)
+            unique.append(v)
+        rows.append(index[k])
+    if cache is not None and encoder.name != "precomputed":
+        emb = cache.encode(encoder, tower, unique)
+    else:
+        emb = encoder.encode_prompts(unique) if tower == "prompt" else encoder.encode_items(unique)
+    return emb[torch.as_tensor(rows, dtype=torch.long)]
+
+
+def check_modalities(encoder: Encoder, data: PreferenceData) -> None:
+    """The data's column kinds must match what the encoder's towers take."""
+    for col, modality in (("prompt", encoder.prompt_modality), ("chosen", encoder.item_modality)):
+        kind = data.kinds[col]
+        if kind != modality:
+            raise PalMMError(
+                f"{data.source}: column '{col}' holds {kind} values but encoder {encoder.name!r} "
+                f"expects {modality} (choose an encoder for {kind} inputs; see `pal-mm encoders`)"
+            )
+
+
+def encode_data(encoder: Encoder, data: PreferenceData, cache=None) -> EncodedPairs:
+    """Encode prompts and both items of every comparison."""
+    check_modalities(encoder, data)
+    prompt = encode_values(encoder, data.prompts, "prompt", cache)
+    items = encode_values(encoder, list(data.chosen) + list(data.rejected), "item", cache)
+    n = len(data)
+    encoder.bind_dims(prompt.shape[1], items.shape[1])
+    if prompt.shape[1] != encoder.prompt_dim or items.shape[1] != encoder.item_dim:
+        raise PalMMError(
+            f"{data.source}: embeddings have widths prompt={prompt.shape[1]}, item={items.shape[1]} "
+            f"but the model expects prompt={encoder.prompt_dim}, item={encoder.item_dim}"
+        )
+    return EncodedPairs(prompt, items[:n], items[n:], list(data.user_ids))
