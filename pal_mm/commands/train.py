@@ -1,0 +1,61 @@
+"""``pal-mm train``: fit PAL on seen users and save a model directory."""
+
+from __future__ import annotations
+
+from ..heads import PALConfig
+from ..training import TrainConfig, fit
+from . import _common as c
+
+
+def add_parser(sub):
+    p = sub.add_parser("train", help="train a PAL model on seen users")
+    c.add_config_flag(p)
+    p.add_argument("--data", help="training pairs (file, save_to_disk dir, or Hub dataset name)")
+    p.add_argument("--val", help="validation pairs of the same users (early stopping / best epoch)")
+    p.add_argument("--out", help="output model directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    c.add_encoder_flags(p)
+    c.add_cache_flag(p)
+    m = p.add_argument_group("model")
+    m.add_argument("--model", default="pal-b", choices=["pal-a", "pal-b", "single-rm"], help="head type")
+    m.add_argument("--k", type=int, default=2, help="number of prototypes K")
+    m.add_argument("--dim", type=int, default=None, help="preference-space width (default: item embedding width)")
+    m.add_argument("--projector", default="mlp2-gelu", help="identity | linear | mlp{L}-{relu|gelu}[-dropout{D}][-residual]")
+    m.add_argument("--prototype-projector", default=None, help="PAL-B g_k projector (default: --projector)")
+    m.add_argument("--no-normalize", action="store_true", help="do not standardise input embeddings")
+    o = p.add_argument_group("optimisation")
+    d = TrainConfig()
+    o.add_argument("--epochs", type=int, default=d.epochs)
+    o.add_argument("--batch-size", type=int, default=d.batch_size)
+    o.add_argument("--lr-projector", type=float, default=d.lr_projector)
+    o.add_argument("--lr-prototypes", type=float, default=d.lr_prototypes)
+    o.add_argument("--lr-users", type=float, default=d.lr_users)
+    o.add_argument("--lr-logit-scale", type=float, default=d.lr_logit_scale)
+    o.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    o.add_argument("--patience", type=int, default=d.patience, help="early-stopping patience in epochs (0: off)")
+    o.add_argument("--seed", type=int, default=d.seed)
+    o.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+    o.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+    o.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def run(args) -> int:
+    c.require(args, "data", "out")
+    train = c.load_data(args.data)
+    val = c.load_data(args.val) if args.val else None
+    encoder = c.make_encoder(args)
+    config = PALConfig(model_type=args.model, k=args.k, dim=args.dim, projector=args.projector,
+                       prototype_projector=args.prototype_projector, normalize_inputs=not args.no_normalize)
+    tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr_projector=args.lr_projector,
+                     lr_prototypes=args.lr_prototypes, lr_users=args.lr_users, lr_logit_scale=args.lr_logit_scale,
+                     weight_decay=args.weight_decay, patience=args.patience, seed=args.seed,
+                     mixed_precision=args.mixed_precision, cpu=args.cpu, progress=not args.quiet)
+    with c.atomic_output_dir(args.out, args.overwrite) as tmp:
+        model = fit(train, val, encoder, config, tc, cache=c.make_cache(args), metrics_path=tmp / "metrics.jsonl")
+        model.data_info.update(train_file=str(args.data), val_file=str(args.val) if args.val else None)
+        model.write_files(tmp)
+        c.write_run_config(tmp, args)
+    summary = ", ".join(f"{k}={v}" for k, v in model.metrics.items())
+    print(f"saved {args.model} K={args.k} ({len(model.users)} users, {model.num_learned_parameters():,} learned parameters) to {args.out}; {summary}")
+    return 0
