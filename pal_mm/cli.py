@@ -13,7 +13,7 @@ import sys
 
 from .errors import PalMMError
 
-COMMANDS = ["train", "adapt", "eval", "score", "encoders"]
+COMMANDS = ["train", "adapt", "eval", "score", "encoders", "embed"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ def add_parser(sub):
     p.add_argument("--model", help="model directory")
     p.add_argument("--user", help="a known user id")
     p.add_argument("--weights", help="explicit mixture weights w1,...,wK instead of --user")
-    p.add_argument("--prompt", help="the prompt (comma-separated floats for the precomputed encoder)")
+    p.add_argument("--prompt", help="the prompt (comma-separated floats for the precomputed encoder; write --prompt=-0.1,... when it starts with '-')")
     p.add_argument("--response", action="append", default=[], help="a response (repeatable)")
     p.add_argument("--json", action="store_true", help='print {"rewards": [...]}')
     return p

@@ -37,6 +37,11 @@ def add_parser(sub):
     o.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     o.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
+    f = p.add_argument_group("encoder fine-tuning (PAL-B-Large; see pal_mm/finetune.py)")
+    f.add_argument("--finetune-encoder", action="store_true", help="train the encoder together with the head")
+    f.add_argument("--train-layers", type=int, default=None, metavar="N", help="fine-tune only the top N encoder blocks (implies --finetune-encoder)")
+    f.add_argument("--lr-encoder", type=float, default=d.lr_encoder, help="encoder learning rate")
+    f.add_argument("--token-level", action="store_true", help="PAL-B token-level loss with cumulative weights (causal LMs; implies --finetune-encoder)")
     return p
 
 
@@ -50,12 +55,22 @@ def run(args) -> int:
     tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr_projector=args.lr_projector,
                      lr_prototypes=args.lr_prototypes, lr_users=args.lr_users, lr_logit_scale=args.lr_logit_scale,
                      weight_decay=args.weight_decay, patience=args.patience, seed=args.seed,
-                     mixed_precision=args.mixed_precision, cpu=args.cpu, progress=not args.quiet)
+                     mixed_precision=args.mixed_precision, cpu=args.cpu, progress=not args.quiet, lr_encoder=args.lr_encoder)
+    finetune = args.finetune_encoder or args.train_layers is not None or args.token_level
+    cache = c.make_cache(args)
     with c.atomic_output_dir(args.out, args.overwrite) as tmp:
-        model = fit(train, val, encoder, config, tc, cache=c.make_cache(args), metrics_path=tmp / "metrics.jsonl")
+        if finetune:
+            from ..finetune import fit_finetune
+
+            model = fit_finetune(train, val, encoder, config, tc, train_layers=args.train_layers, token_level=args.token_level,
+                                 cache=cache, metrics_path=tmp / "metrics.jsonl")
+        else:
+            model = fit(train, val, encoder, config, tc, cache=cache, metrics_path=tmp / "metrics.jsonl")
         model.data_info.update(train_file=str(args.data), val_file=str(args.val) if args.val else None)
         model.write_files(tmp)
         c.write_run_config(tmp, args)
     summary = ", ".join(f"{k}={v}" for k, v in model.metrics.items())
+    if cache is not None and encoder.name != "precomputed":
+        print(f"embeddings ({encoder.name}): {cache.summary()}")
     print(f"saved {args.model} K={args.k} ({len(model.users)} users, {model.num_learned_parameters():,} learned parameters) to {args.out}; {summary}")
     return 0

@@ -1,0 +1,103 @@
+"""Every CLI command end to end on small vector data, and every bad-input case: exit code 2,
+one line on stderr, no output directory left behind."""
+
+import json
+
+import pytest
+import yaml
+
+from pal_mm.cli import main
+
+QUICK = ["--epochs", "3", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "model"
+    rc = main(["train", "--data", str(synthetic_dir / "train.jsonl"), "--val", str(synthetic_dir / "val.jsonl"),
+               "--encoder", "precomputed", "--model", "pal-b", "--k", "3", "--seed", "0", "--out", str(out), *QUICK])
+    assert rc == 0
+    return out
+
+
+def test_train_writes_model_dir(trained):
+    names = sorted(p.name for p in trained.iterdir())
+    assert names == ["README.md", "config.json", "metrics.jsonl", "model.safetensors", "run_config.yaml", "users.json"]
+    cfg = yaml.safe_load((trained / "run_config.yaml").read_text())
+    assert cfg["k"] == 3 and cfg["model"] == "pal-b" and cfg["encoder"] == "precomputed"
+    assert len((trained / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_train_pal_a(synthetic_dir, tmp_path):
+    rc = main(["train", "--data", str(synthetic_dir / "train.jsonl"), "--encoder", "precomputed", "--model", "pal-a",
+               "--k", "2", "--out", str(tmp_path / "a"), *QUICK])
+    assert rc == 0 and json.loads((tmp_path / "a" / "config.json").read_text())["head"]["model_type"] == "pal-a"
+
+
+def test_adapt_eval_score(trained, synthetic_dir, tmp_path, capsys):
+    new = synthetic_dir / "new.jsonl"
+    assert main(["adapt", "--model", str(trained), "--data", str(new), "--out", str(tmp_path / "m2")]) == 0
+    assert main(["eval", "--model", str(tmp_path / "m2"), "--data", str(new), "--json", str(tmp_path / "metrics.json")]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"accuracy", "n_pairs", "per_user"} <= set(metrics)
+    assert metrics["n_pairs"] == 6 * 60 and len(metrics["per_user"]) == 6
+    row = json.loads(new.read_text().splitlines()[0])
+    vec = lambda v: ",".join(str(x) for x in v)  # noqa: E731
+    capsys.readouterr()
+    assert main(["score", "--model", str(tmp_path / "m2"), "--user", row["user_id"], f"--prompt={vec(row['prompt'])}",
+                 f"--response={vec(row['chosen'])}", f"--response={vec(row['rejected'])}", "--json"]) == 0
+    rewards = json.loads(capsys.readouterr().out)["rewards"]
+    assert len(rewards) == 2
+    from pal_mm import PALModel
+
+    expected = PALModel.from_pretrained(tmp_path / "m2").reward(row["prompt"], [row["chosen"], row["rejected"]], user=row["user_id"])
+    assert rewards == pytest.approx(expected, rel=1e-6)
+
+
+def test_encoders_lists_precomputed(capsys):
+    assert main(["encoders"]) == 0
+    assert "precomputed" in capsys.readouterr().out
+
+
+def test_yaml_config_and_cli_precedence(synthetic_dir, tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump({"data": str(synthetic_dir / "train.jsonl"), "k": 4, "epochs": 1, "model": "pal-b", "quiet": True}))
+    out = tmp_path / "m"
+    assert main(["train", "--config", str(cfg), "--k", "2", "--out", str(out)]) == 0
+    resolved = yaml.safe_load((out / "run_config.yaml").read_text())
+    assert resolved["k"] == 2 and resolved["epochs"] == 1  # the flag wins, the file fills the rest
+
+
+def _bad(capsys, argv, message, leftover=None):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert message in err, err
+    if leftover is not None:
+        assert not leftover.exists()
+        assert not [p for p in leftover.parent.iterdir() if p.name.startswith(f".{leftover.name}")]
+
+
+def test_bad_inputs(synthetic_dir, trained, tmp_path, capsys):
+    out = tmp_path / "out"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"user_id": "u", "prompt": [1.0], "chosen": [1.0], "rejected": None}) + "\n")
+    _bad(capsys, ["train", "--data", str(bad), "--out", str(out)], "bad.jsonl: row 1: column 'rejected': empty or null", out)
+    _bad(capsys, ["train", "--data", str(tmp_path / "nope.jsonl"), "--out", str(out)], "no such file", out)
+    _bad(capsys, ["train", "--out", str(out)], "needs --data", out)
+    _bad(capsys, ["train", "--data", str(synthetic_dir / "train.jsonl"), "--encoder", "nope", "--out", str(out)], "unknown encoder 'nope'", out)
+    _bad(capsys, ["train", "--data", str(synthetic_dir / "train.jsonl"), "--val", str(synthetic_dir / "new.jsonl"), "--out", str(out), *QUICK],
+         "absent from training", out)
+    _bad(capsys, ["train", "--data", str(synthetic_dir / "train.jsonl"), "--out", str(out), "--projector", "mlp2-swish", *QUICK],
+         "bad projector spec", out)
+    _bad(capsys, ["train", "--data", str(synthetic_dir / "train.jsonl"), "--out", str(trained)], "output directory exists")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("kk: 3\n")
+    _bad(capsys, ["train", "--config", str(cfg)], "unknown key 'kk'")
+    _bad(capsys, ["adapt", "--model", str(tmp_path), "--data", str(synthetic_dir / "new.jsonl"), "--out", str(out)], "not a pal-mm model directory", out)
+    _bad(capsys, ["adapt", "--model", str(trained), "--data", str(synthetic_dir / "train.jsonl"), "--out", str(out)], "already in the model", out)
+    _bad(capsys, ["eval", "--model", str(trained), "--data", str(synthetic_dir / "new.jsonl")], "unknown user(s)")
+    _bad(capsys, ["score", "--model", str(trained), "--user", "nobody", "--prompt", "1,2,3,4", "--response", "1,2,3,4,5,6,7,8"], "unknown user(s): nobody")
+    _bad(capsys, ["score", "--model", str(trained), "--user", "user000", "--prompt", "1,x", "--response", "1"], "comma-separated floats")
+    _bad(capsys, ["score", "--model", str(trained), "--user", "user000", "--prompt", "1,2", "--response", "1,2"], "this model takes")
