@@ -79,6 +79,12 @@ class PALModel(nn.Module):
                 raise PalMMError(f"weights must lie on the simplex (non-negative, sum 1), got {w[0].tolist()}")
         return w.expand(n, -1)
 
+    def forward(self, prompt_emb: torch.Tensor, chosen_emb: torch.Tensor, rejected_emb: torch.Tensor,
+                user_idx: torch.Tensor) -> torch.Tensor:
+        """Training forward on embeddings: (b, dp), (b, di), (b, di), (b,) -> (b,) margins
+        reward(chosen) - reward(rejected). Going through ``forward`` lets DDP sync gradients."""
+        return self.head.margin(prompt_emb, chosen_emb, rejected_emb, self.head.user_weights(user_idx))
+
     # ----- scoring --------------------------------------------------------------------------
     @torch.no_grad()
     def reward(self, prompts: Any | Sequence[Any], responses: Sequence[Any], user: str | None = None,

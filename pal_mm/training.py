@@ -29,6 +29,7 @@ from .embedding import EncodedPairs, encode_data
 from .errors import PalMMError
 from .heads import PALConfig
 from .model import PALModel
+from .tracking import make_trackers
 
 
 @dataclass
@@ -51,6 +52,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (accelerate)
     cpu: bool = False  # force CPU even when a GPU is present
     progress: bool = True
+    report_to: str = "none"  # "none" | "csv" | "tensorboard" | any accelerate tracker
 
 
 def optimizer_groups(model: PALModel, tc: TrainConfig) -> list[dict]:
@@ -79,20 +81,47 @@ def build_model(train: EncodedPairs, encoder: Encoder, config: PALConfig, user_g
 
 
 @torch.no_grad()
-def pair_margins(model: PALModel, pairs: EncodedPairs, batch_size: int = 4096) -> torch.Tensor:
-    """(n,) margins reward(chosen) - reward(rejected) for known users, in eval mode."""
+def pair_rewards(model: PALModel, pairs: EncodedPairs, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n,), (n,) rewards of the chosen and of the rejected items, for known users, in eval mode."""
     head = model.head
     was_training = head.training
     head.eval()
     idx = model.user_index(pairs.user_ids)
     device = next(head.parameters()).device
-    out = []
+    chosen, rejected = [], []
     for s in range(0, len(pairs), batch_size):
         sl = slice(s, s + batch_size)
-        w = head.user_weights(idx[sl].to(device))
-        out.append(head.margin(pairs.prompt[sl].to(device), pairs.chosen[sl].to(device), pairs.rejected[sl].to(device), w).float().cpu())
+        prompt = pairs.prompt[sl].to(device)
+        ideal = head.ideal_point(prompt, head.user_weights(idx[sl].to(device)))
+        chosen.append(head.score(ideal, head.item_embedding(prompt, pairs.chosen[sl].to(device))).float().cpu())
+        rejected.append(head.score(ideal, head.item_embedding(prompt, pairs.rejected[sl].to(device))).float().cpu())
     head.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0)
+    empty = torch.zeros(0)
+    return (torch.cat(chosen) if chosen else empty), (torch.cat(rejected) if rejected else empty)
+
+
+def pair_margins(model: PALModel, pairs: EncodedPairs, batch_size: int = 4096) -> torch.Tensor:
+    """(n,) margins reward(chosen) - reward(rejected); exactly 0 means a tie."""
+    chosen, rejected = pair_rewards(model, pairs, batch_size)
+    return chosen - rejected
+
+
+def validation_metrics(model: PALModel, val: EncodedPairs) -> dict:
+    """Loss, accuracy, reward margin and reward statistics on validation pairs."""
+    r_c, r_r = pair_rewards(model, val)
+    m = r_c - r_r
+    rewards = torch.cat([r_c, r_r])
+    return {"val_loss": float(model.head.loss(m)), "val_accuracy": float((m > 0).float().mean()),
+            "val_margin": float(m.mean()), "val_reward_mean": float(rewards.mean()), "val_reward_std": float(rewards.std())}
+
+
+@torch.no_grad()
+def mixture_mass(model: PALModel) -> dict:
+    """Mean weight of each prototype over the known users (how much each prototype is used)."""
+    if model.head.num_users == 0 or model.config.model_type == "single-rm":
+        return {}
+    w = torch.softmax(model.head.user_logits.float(), dim=-1).mean(0)
+    return {f"mixture_mass_{k}": round(float(v), 6) for k, v in enumerate(w)}
 
 
 def fit(
@@ -127,7 +156,11 @@ def fit(
             raise PalMMError(f"validation data has user(s) absent from training: {', '.join(unknown[:5])}; "
                              "validation must hold seen users (new users go through `adapt`)")
 
-    accelerator = Accelerator(cpu=tc.cpu, mixed_precision=tc.mixed_precision)
+    logging_dir = Path(metrics_path).parent if metrics_path else None
+    accelerator = Accelerator(cpu=tc.cpu, mixed_precision=tc.mixed_precision, log_with=make_trackers(tc.report_to, logging_dir),
+                              project_dir=logging_dir)
+    if accelerator.trackers or tc.report_to not in (None, "", "none"):
+        accelerator.init_trackers("pal-mm", config={**asdict(tc), **config.to_dict()})
     optimizer = torch.optim.AdamW(optimizer_groups(model, tc))
     tensors = (train.prompt, train.chosen, train.rejected, model.user_index(train.user_ids))
     # batches are gathered by slicing whole tensors (no per-row __getitem__/collate cost)
@@ -147,8 +180,7 @@ def fit(
         t0, total, count = time.perf_counter(), 0.0, 0
         for prompt, chosen, rejected, uidx in loader:
             with accelerator.autocast():
-                w = core.head.user_weights(uidx)
-                loss = core.head.loss(core.head.margin(prompt, chosen, rejected, w))
+                loss = core.head.loss(model(prompt, chosen, rejected, uidx))
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             optimizer.step()
@@ -158,11 +190,11 @@ def fit(
                   "train_pairs_per_s": round(count / max(time.perf_counter() - t0, 1e-9), 1)}
         if config.model_type == "pal-b":
             record["logit_scale"] = float(core.head.scale().detach())
+        record.update(mixture_mass(core))
         if val is not None and len(val):
-            m = pair_margins(core, val)
-            record["val_loss"] = float(core.head.loss(m))
-            record["val_accuracy"] = float((m > 0).float().mean())
+            record.update(validation_metrics(core, val))
         history.append(record)
+        accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
         if metrics_file and accelerator.is_main_process:
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
@@ -177,6 +209,7 @@ def fit(
                     break
     if metrics_file:
         metrics_file.close()
+    accelerator.end_training()
     if best["state"] is not None:
         core.load_state_dict(best["state"])
     core = core.cpu().eval()

@@ -15,14 +15,20 @@ QUICK = ["--epochs", "3", "--quiet"]
 def trained(synthetic_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "model"
     rc = main(["train", "--data", str(synthetic_dir / "train.jsonl"), "--val", str(synthetic_dir / "val.jsonl"),
-               "--encoder", "precomputed", "--model", "pal-b", "--k", "3", "--seed", "0", "--out", str(out), *QUICK])
+               "--encoder", "precomputed", "--model", "pal-b", "--k", "3", "--seed", "0", "--out", str(out), "--report-to", "csv", *QUICK])
     assert rc == 0
     return out
 
 
 def test_train_writes_model_dir(trained):
     names = sorted(p.name for p in trained.iterdir())
-    assert names == ["README.md", "config.json", "metrics.jsonl", "model.safetensors", "run_config.yaml", "users.json"]
+    assert names == ["README.md", "config.json", "metrics.csv", "metrics.jsonl", "model.safetensors", "run_config.yaml", "users.json"]
+    import csv
+
+    rows = list(csv.DictReader(open(trained / "metrics.csv")))
+    assert [r["step"] for r in rows] == ["1", "2", "3"]
+    assert {"train_loss", "val_loss", "val_accuracy", "val_margin", "val_reward_mean", "val_reward_std", "logit_scale",
+            "mixture_mass_0", "mixture_mass_2"} <= set(rows[0])
     cfg = yaml.safe_load((trained / "run_config.yaml").read_text())
     assert cfg["k"] == 3 and cfg["model"] == "pal-b" and cfg["encoder"] == "precomputed"
     assert len((trained / "metrics.jsonl").read_text().splitlines()) == 3

@@ -37,6 +37,7 @@ def add_parser(sub):
     o.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     o.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
+    o.add_argument("--report-to", default="none", help="none | csv | tensorboard | any accelerate tracker (metrics.jsonl is always written)")
     f = p.add_argument_group("encoder fine-tuning (PAL-B-Large; see pal_mm/finetune.py)")
     f.add_argument("--finetune-encoder", action="store_true", help="train the encoder together with the head")
     f.add_argument("--train-layers", type=int, default=None, metavar="N", help="fine-tune only the top N encoder blocks (implies --finetune-encoder)")
@@ -55,7 +56,8 @@ def run(args) -> int:
     tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr_projector=args.lr_projector,
                      lr_prototypes=args.lr_prototypes, lr_users=args.lr_users, lr_logit_scale=args.lr_logit_scale,
                      weight_decay=args.weight_decay, patience=args.patience, seed=args.seed,
-                     mixed_precision=args.mixed_precision, cpu=args.cpu, progress=not args.quiet, lr_encoder=args.lr_encoder)
+                     mixed_precision=args.mixed_precision, cpu=args.cpu, progress=not args.quiet, lr_encoder=args.lr_encoder,
+                     report_to=args.report_to)
     finetune = args.finetune_encoder or args.train_layers is not None or args.token_level
     cache = c.make_cache(args)
     with c.atomic_output_dir(args.out, args.overwrite) as tmp:
