@@ -15,6 +15,20 @@ Contract (what pal_mm relies on):
   (name, weights identity, pooling, max length, dtype, ...). The embedding cache keys on it.
 * ``config()``: the keyword arguments that recreate this encoder with
   ``create_encoder(name, **config())``. Saved in a PAL model's ``config.json``.
+
+Optional, for encoder fine-tuning (``pal_mm.finetune``):
+
+* ``embed(values, tower) -> Tensor (n, dim)``: the same vectors as ``encode_*`` but on the
+  encoder's device and *with* autograd (no inference mode, no cache).
+* ``layer_stacks() -> {tower: [block, ...]}``: the transformer/conv blocks of each backbone,
+  bottom to top (one entry for a shared text backbone, two for CLIP-style models);
+  :meth:`set_trainable` uses it to unfreeze only the top N blocks of each.
+* ``token_states(texts) -> (states (n, t, d), mask (n, t), ids (n, t))``: per-token hidden
+  states of a causal LM, right-padded, for PAL-B's token-level loss.
+
+Encoders are *frozen* after construction: every parameter has ``requires_grad=False`` and the
+module stays in eval mode even when a parent calls ``.train()`` (no dropout in a frozen
+backbone). :meth:`set_trainable` is the only way to unfreeze parameters.
 """
 
 from __future__ import annotations
@@ -37,8 +51,9 @@ class Encoder(nn.Module):
     name: str = "base"
     prompt_modality: str = "text"
     item_modality: str = "text"
-    #: shown by ``pal-mm encoders``: where the weights come from, and the widths ("384 / 1280")
+    #: one line shown by ``pal-mm encoders``: where the weights come from
     weights_source: str = ""
+    #: shown by ``pal-mm encoders``: "prompt/item" widths, or "" when they depend on the weights
     dims: str = ""
 
     def __init__(self, batch_size: int = 32, device: str | None = None, dtype: str = "float32"):
@@ -48,6 +63,8 @@ class Encoder(nn.Module):
         self.dtype_name = dtype
         self.prompt_dim: int | None = None
         self.item_dim: int | None = None
+        self._weights_changed = False  # fine-tuned / loaded weights: fingerprint hashes them
+        self._weights_digest: str | None = None
 
     # ----- what subclasses implement -------------------------------------------------------
     def _encode_prompt_batch(self, prompts: Sequence[Any]) -> torch.Tensor:  # (batch, prompt_dim)
@@ -68,12 +85,48 @@ class Encoder(nn.Module):
 
     # ----- shared machinery -----------------------------------------------------------------
     def fingerprint(self) -> str:
-        blob = json.dumps(self.fingerprint_parts(), sort_keys=True, default=str)
+        parts = dict(self.fingerprint_parts())
+        if self._weights_changed:  # fine-tuned weights: the vectors are those of these weights
+            parts["weights_sha256"] = self.weights_digest()
+        blob = json.dumps(parts, sort_keys=True, default=str)
         return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+    def weights_digest(self) -> str:
+        """sha256 over all parameters and buffers (computed once per weight change)."""
+        if self._weights_digest is None:
+            h = hashlib.sha256()
+            for k, v in sorted(self.state_dict().items()):
+                h.update(k.encode())
+                h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            self._weights_digest = h.hexdigest()
+        return self._weights_digest
+
+    @property
+    def weights_changed(self) -> bool:
+        """True once the weights differ from what ``create_encoder`` loads (fine-tuned, or loaded
+        from a model's encoder.safetensors), or while any parameter is trainable."""
+        return self._weights_changed or any(p.requires_grad for p in self.parameters())
+
+    def mark_weights_changed(self) -> None:
+        """Call after changing weights (fine-tuning); the fingerprint then hashes the weights."""
+        self._weights_changed = True
+        self._weights_digest = None
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.mark_weights_changed()
+        return result
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype_name)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are now (accelerate may have moved them)."""
+        for p in self.parameters():
+            return p.device
+        return torch.device(self.device_name)
 
     def bind_dims(self, prompt_dim: int, item_dim: int) -> None:
         """Called by pal_mm once the data's dimensions are known (only ``precomputed`` needs it)."""
@@ -90,14 +143,82 @@ class Encoder(nn.Module):
         """(n,) items -> (n, item_dim) float32 on CPU."""
         return self._batched(self._encode_item_batch, items)
 
+    def encode(self, values: Sequence[Any], tower: str) -> torch.Tensor:
+        """``encode_prompts`` for ``tower="prompt"``, ``encode_items`` for ``"item"``."""
+        if tower not in ("prompt", "item"):
+            raise ValueError(f"tower must be 'prompt' or 'item', got {tower!r}")
+        return self.encode_prompts(values) if tower == "prompt" else self.encode_items(values)
+
+    def tower_dim(self, tower: str) -> int | None:
+        return self.prompt_dim if tower == "prompt" else self.item_dim
+
     @torch.inference_mode()
     def _batched(self, fn, values: Sequence[Any]) -> torch.Tensor:
         values = list(values)
         if not values:
             dim = self.prompt_dim if fn == self._encode_prompt_batch else self.item_dim
             return torch.zeros(0, dim or 0)
-        out = [fn(values[i : i + self.batch_size]).float().cpu() for i in range(0, len(values), self.batch_size)]
+        was_training = self.training
+        self.eval()
+        try:
+            out = [fn(values[i : i + self.batch_size]).float().cpu() for i in range(0, len(values), self.batch_size)]
+        finally:
+            self.train(was_training)
         return torch.cat(out)
+
+    # ----- fine-tuning hooks ----------------------------------------------------------------
+    def embed(self, values: Sequence[Any], tower: str) -> torch.Tensor:
+        """(n,) inputs -> (n, dim) on the encoder's device, differentiable (one batch, no cache)."""
+        fn = self._encode_prompt_batch if tower == "prompt" else self._encode_item_batch
+        return fn(list(values))
+
+    def layer_stacks(self) -> dict[str, list[nn.Module]]:
+        """Blocks of each backbone, bottom to top (for ``set_trainable(n)``)."""
+        from pal_mm.errors import PalMMError
+
+        raise PalMMError(f"encoder {self.name!r} does not expose its layers; it can only be fine-tuned whole")
+
+    def token_states(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Right-padded per-token states (n, t, d), attention mask (n, t) and ids (n, t)."""
+        from pal_mm.errors import PalMMError
+
+        raise PalMMError(f"encoder {self.name!r} has no per-token states (the token-level loss needs a causal LM, e.g. hf-text or smollm2)")
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def freeze(self) -> "Encoder":
+        """``requires_grad=False`` everywhere and eval mode."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self.eval()
+
+    def set_trainable(self, top_layers: int | None = None) -> int:
+        """Unfreeze the whole encoder (``None``) or only the top ``top_layers`` blocks of each
+        backbone (0 keeps it frozen); everything else gets ``requires_grad=False``.
+        Returns the number of trainable parameters."""
+        self.freeze()
+        modules: list[nn.Module] = []
+        if top_layers is None:
+            modules = [self]
+        elif top_layers:
+            for tower, blocks in self.layer_stacks().items():
+                if top_layers < 0 or top_layers > len(blocks):
+                    from pal_mm.errors import PalMMError
+
+                    raise PalMMError(f"--train-layers must be between 0 and {len(blocks)} for the {tower} backbone "
+                                     f"of encoder {self.name!r}, got {top_layers}")
+                modules += list(blocks)[len(blocks) - top_layers:]
+        for m in modules:
+            for p in m.parameters():
+                p.requires_grad_(True)
+        return self.trainable_parameters()
+
+    def train(self, mode: bool = True):
+        """A frozen encoder stays in eval mode (no dropout), whatever its parent asks."""
+        if mode and not any(p.requires_grad for p in self.parameters()):
+            mode = False
+        return super().train(mode)
 
     def describe(self) -> dict:
         return {

@@ -13,7 +13,7 @@ import sys
 
 from .errors import PalMMError
 
-COMMANDS = ["train", "adapt", "eval", "score", "encoders", "embed"]
+COMMANDS = ["train", "adapt", "eval", "score", "encoders", "embed", "export", "convert", "score-images", "generate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from .convert import flatten_conversation, is_conversation
 from .errors import DataError
 
 REQUIRED_COLUMNS = ("user_id", "prompt", "chosen", "rejected")
@@ -51,15 +52,19 @@ class PreferenceData:
 
     # ---------------------------------------------------------------------------------------
     @classmethod
-    def from_rows(cls, rows: Sequence[dict], source: str = "<memory>", base_dir: str | Path | None = None):
+    def from_rows(cls, rows: Sequence[dict], source: str = "<memory>", base_dir: str | Path | None = None,
+                  chat_tokenizer=None):
         """Validate a list of row dicts (the canonical columns, optional ``group``)."""
-        return _validate_rows(list(rows), source, Path(base_dir) if base_dir else None)
+        return _validate_rows(list(rows), source, Path(base_dir) if base_dir else None, chat_tokenizer)
 
     @classmethod
-    def load(cls, source: str | os.PathLike) -> "PreferenceData":
-        """Load and validate a file, a ``save_to_disk`` directory or a Hub dataset name."""
+    def load(cls, source: str | os.PathLike, chat_tokenizer=None) -> "PreferenceData":
+        """Load and validate a file, a ``save_to_disk`` directory or a Hub dataset name.
+
+        Conversational values (TRL's lists of ``{role, content}`` messages) are flattened to
+        text with ``chat_tokenizer``'s chat template when given, else as ``role: content`` lines."""
         rows, base_dir, label = read_rows(source)
-        return _validate_rows(rows, label, base_dir)
+        return _validate_rows(rows, label, base_dir, chat_tokenizer)
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -205,7 +210,7 @@ def _kind_of(value: Any, base_dir: Path | None) -> str | None:
     return "other"
 
 
-def _validate_rows(rows: list[dict], source: str, base_dir: Path | None) -> PreferenceData:
+def _validate_rows(rows: list[dict], source: str, base_dir: Path | None, chat_tokenizer=None) -> PreferenceData:
     if not rows:
         raise DataError(f"{source}: no rows")
     missing = [c for c in REQUIRED_COLUMNS if c not in rows[0]]
@@ -226,6 +231,8 @@ def _validate_rows(rows: list[dict], source: str, base_dir: Path | None) -> Pref
         out["user_id"].append(str(uid))
         for col in CONTENT_COLUMNS:
             value = row[col]
+            if is_conversation(value):
+                value = flatten_conversation(value, chat_tokenizer, add_generation_prompt=col == "prompt")
             kind = _kind_of(value, base_dir)
             if kind is None:
                 raise DataError(f"{where}: column '{col}': empty or null value")

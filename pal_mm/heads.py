@@ -164,8 +164,12 @@ class PALHead(nn.Module):
         self.config = c = config
         if c.prompt_dim <= 0 or c.item_dim <= 0:
             raise PalMMError("prompt_dim and item_dim must be set before building a head")
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
+            torch.manual_seed(c.init_seed)
+            self._build(c, num_users)
+
+    def _build(self, c: PALConfig, num_users: int) -> None:
         gen = torch.Generator().manual_seed(c.init_seed)
-        torch.manual_seed(c.init_seed)  # projector weights: make nn.Linear's init reproducible
         d = c.width
         self.prompt_norm = InputNormalizer(c.prompt_dim) if c.normalize_inputs else nn.Identity()
         self.item_norm = InputNormalizer(c.item_dim) if c.normalize_inputs else nn.Identity()

@@ -154,14 +154,15 @@ class PALModel(nn.Module):
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
         save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "pal_mm": __version__})
-        trainable_encoder = {k: v for k, v in self.encoder.state_dict().items()} if any(p.requires_grad for p in self.encoder.parameters()) else {}
-        if trainable_encoder:
-            save_file({k: v.detach().cpu().contiguous() for k, v in trainable_encoder.items()}, str(directory / ENCODER_WEIGHTS_NAME))
+        fine_tuned = self.encoder.weights_changed
+        if fine_tuned:
+            enc_state = {k: v.detach().cpu().contiguous() for k, v in self.encoder.state_dict().items()}
+            save_file(enc_state, str(directory / ENCODER_WEIGHTS_NAME))
         config = {
             "pal_mm_version": __version__,
             "head": self.config.to_dict(),
             "encoder": {"name": self.encoder.name, "config": self.encoder.config(), "fingerprint": self.encoder.fingerprint(),
-                        "fine_tuned": bool(trainable_encoder)},
+                        "fine_tuned": fine_tuned},
             "num_users": len(self.users),
             "metrics": self.metrics,
             "data": self.data_info,

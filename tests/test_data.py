@@ -114,3 +114,11 @@ def test_split_per_user_is_deterministic_and_drops_small_users():
     d = PreferenceData.from_rows(rows)
     tr, te = d.split_per_user(2, seed=1)
     assert [r["prompt"] for r in tr.to_rows()] == [r["prompt"] for r in train]
+
+
+def test_conversational_rows_are_flattened(tmp_path):
+    msgs = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
+    rows = [{"user_id": "u", "prompt": [{"role": "user", "content": "Hi?"}], "chosen": msgs("Hello!"), "rejected": msgs("Go away.")}]
+    d = PreferenceData.load(_write(tmp_path, rows))
+    assert d.kinds["chosen"] == "text"
+    assert d.prompts[0] == "user: Hi?" and d.chosen[0] == "assistant: Hello!" and d.rejected[0] == "assistant: Go away."

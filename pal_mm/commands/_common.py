@@ -104,10 +104,11 @@ def make_cache(args: argparse.Namespace):
     return EmbeddingCache()
 
 
-def load_data(path: str):
+def load_data(path: str, encoder=None):
+    """Load preference data; conversational rows use the encoder's chat template if it has one."""
     from ..data import PreferenceData
 
-    return PreferenceData.load(path)
+    return PreferenceData.load(path, chat_tokenizer=getattr(encoder, "tokenizer", None))
 
 
 # ----- outputs --------------------------------------------------------------------------------

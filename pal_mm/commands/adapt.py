@@ -27,7 +27,7 @@ def add_parser(sub):
 def run(args) -> int:
     c.require(args, "model", "data", "out")
     model = PALModel.from_pretrained(args.model)
-    data = c.load_data(args.data)
+    data = c.load_data(args.data, model.encoder)
     before = len(model.users)
     with c.atomic_output_dir(args.out, args.overwrite) as tmp:
         adapt(model, data, AdaptConfig(steps=args.steps, lr=args.lr, l2=args.l2, init=args.init, seed=args.seed), cache=c.make_cache(args))

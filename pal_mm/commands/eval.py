@@ -20,7 +20,7 @@ def add_parser(sub):
 def run(args) -> int:
     c.require(args, "model", "data")
     model = PALModel.from_pretrained(args.model)
-    metrics = evaluate(model, c.load_data(args.data), cache=c.make_cache(args))
+    metrics = evaluate(model, c.load_data(args.data, model.encoder), cache=c.make_cache(args))
     metrics["model"] = str(args.model)
     metrics["data"] = str(args.data)
     if args.json:

@@ -36,7 +36,10 @@ def run(args) -> int:
     c.require(args, "model", "prompt")
     if not args.response:
         raise PalMMError("give at least one --response")
-    model = PALModel.from_pretrained(args.model)
+    from ..export import PersonalRewardModel, is_personal_model_dir
+
+    personal = is_personal_model_dir(args.model)  # an exported one-user model (`pal-mm export`)
+    model = PersonalRewardModel.from_pretrained(args.model) if personal else PALModel.from_pretrained(args.model)
     prompt, responses = args.prompt, list(args.response)
     if model.encoder.prompt_modality == "vector":
         prompt = parse_vector(prompt, "--prompt")
@@ -44,9 +47,14 @@ def run(args) -> int:
         responses = [parse_vector(r, "--response") for r in responses]
     user = args.user
     weights = parse_weights(args.weights)
-    if user is None and weights is None and len(model.users) == 1:
-        user = model.users[0]
-    rewards = model.reward(prompt, responses, user=user, weights=weights)
+    if personal:
+        if user is not None or weights is not None:
+            raise PalMMError(f"{args.model}: a reward model exported for {model.describe()}; drop --user/--weights")
+        rewards = model.reward(prompt, responses)
+    else:
+        if user is None and weights is None and len(model.users) == 1:
+            user = model.users[0]
+        rewards = model.reward(prompt, responses, user=user, weights=weights)
     if args.json:
         print(json.dumps({"rewards": rewards}))
     else:

@@ -48,9 +48,9 @@ def add_parser(sub):
 
 def run(args) -> int:
     c.require(args, "data", "out")
-    train = c.load_data(args.data)
-    val = c.load_data(args.val) if args.val else None
     encoder = c.make_encoder(args)
+    train = c.load_data(args.data, encoder)
+    val = c.load_data(args.val, encoder) if args.val else None
     config = PALConfig(model_type=args.model, k=args.k, dim=args.dim, projector=args.projector,
                        prototype_projector=args.prototype_projector, normalize_inputs=not args.no_normalize)
     tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr_projector=args.lr_projector,

@@ -1,0 +1,359 @@
+"""PAL reward models in RLHF loops.
+
+* :func:`as_reward_function` - a callable with TRL's ``reward_funcs`` signature
+  (``GRPOTrainer`` / ``RLOOTrainer``): ``fn(prompts, completions, **kwargs) -> list[float]``.
+  Completions may be strings or conversations (lists of ``{role, content}``; the last assistant
+  message's content is scored); conversational prompts are flattened with
+  :func:`pal_mm.convert.flatten_conversation`. With a multi-user :class:`~pal_mm.PALModel` and no
+  fixed user, each row is scored for the user in the dataset's ``user_id`` column (TRL passes
+  the dataset's extra columns as keyword arguments).
+* :func:`score_pixels` - a differentiable reward of images given as a (B, 3, H, W) tensor in
+  [0, 1], for reward-guided diffusion fine-tuning (ReFL / AlignProp / DRaFT style). The image
+  encoder's preprocessing runs in torch (``interpolate`` resize, centre crop, normalisation), so
+  gradients reach the pixels. :func:`as_ddpo_reward_function` wraps it for TRL's DDPO
+  ``(images, prompts, prompt_metadata) -> (rewards, metadata)`` interface.
+
+No dependency on TRL: the signatures are TRL's, the code is not.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .convert import flatten_conversation, is_conversation, last_assistant_text
+from .errors import PalMMError
+from .export import PersonalRewardModel, check_simplex, load_reward_model
+from .model import PALModel
+
+
+# ------------------------------------------------------------------------------------------
+# Text (and generic) reward functions
+# ------------------------------------------------------------------------------------------
+def _as_model(model_or_path):
+    if isinstance(model_or_path, (PersonalRewardModel, PALModel)):
+        return model_or_path
+    if isinstance(model_or_path, (str, os.PathLike)):
+        return load_reward_model(model_or_path)
+    raise PalMMError(f"expected a PersonalRewardModel, a PALModel or a model path, got {type(model_or_path).__name__}")
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(text))[:64]
+
+
+class RewardFunction:
+    """TRL-compatible reward function over a PAL model (see :func:`as_reward_function`).
+
+    Not an ``nn.Module`` on purpose: TRL treats modules as Hugging Face sequence classifiers.
+    """
+
+    def __init__(self, model, user: str | None = None, weights: Sequence[float] | None = None, batch_size: int = 32,
+                 user_column: str = "user_id", tokenizer: Any = "auto", name: str | None = None):
+        if int(batch_size) < 1:
+            raise PalMMError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.batch_size = int(batch_size)
+        self.user_column = user_column
+        self._tokenizer = tokenizer
+        self.user, self.weights = user, None
+        if isinstance(model, PersonalRewardModel):
+            if weights is not None or (user is not None and user != model.user):
+                raise PalMMError(f"this reward model was exported for {model.describe()}; it takes no other user or weights")
+            default = f"pal_{_slug(model.user or model.describe())}"
+        else:
+            if user is not None and weights is not None:
+                raise PalMMError("give user or weights, not both")
+            if user is not None:
+                model.user_index([user])  # unknown user -> PalMMError now, not mid-training
+            if weights is not None:
+                self.weights = check_simplex(weights, model.config.k, "weights")
+            default = f"pal_{_slug(user)}" if user is not None else "pal_weights" if weights is not None else "pal_per_user"
+        self.__name__ = name or default
+        self.__qualname__ = self.__name__
+
+    def __repr__(self) -> str:
+        return f"<pal-mm reward function {self.__name__}>"
+
+    # ----- inputs -----------------------------------------------------------------------------
+    @property
+    def encoder(self):
+        return self.model.encoder
+
+    def tokenizer(self):
+        """The tokenizer whose chat template flattens conversational prompts: ``"auto"`` = the
+        text encoder's tokenizer when it has a chat template, else plain ``role: content``."""
+        if self._tokenizer == "auto":
+            tok = getattr(self.encoder, "tokenizer", None)
+            if tok is None:
+                tok = getattr(getattr(self.encoder, "text", None), "tokenizer", None)
+            self._tokenizer = tok if getattr(tok, "chat_template", None) else None
+        return self._tokenizer
+
+    def prompt_value(self, prompt: Any) -> Any:
+        if is_conversation(prompt):
+            return flatten_conversation(prompt, self.tokenizer())
+        return prompt
+
+    @staticmethod
+    def completion_value(completion: Any) -> Any:
+        if isinstance(completion, str) or is_conversation(completion) or (isinstance(completion, dict) and "content" in completion):
+            return last_assistant_text(completion)
+        return completion  # a vector (precomputed encoder) or a path
+
+    # ----- scoring ----------------------------------------------------------------------------
+    def __call__(self, prompts: Sequence[Any] | None = None, completions: Sequence[Any] | None = None, **kwargs) -> list[float]:
+        if completions is None:
+            raise PalMMError("the reward function needs completions=[...]")
+        completions = list(completions)
+        if prompts is None:
+            raise PalMMError("the reward function needs prompts=[...] (one per completion)")
+        if isinstance(prompts, str) or is_conversation(prompts):
+            prompts = [prompts] * len(completions)
+        prompts = list(prompts)
+        if len(prompts) != len(completions):
+            raise PalMMError(f"got {len(prompts)} prompts for {len(completions)} completions")
+        ps = [self.prompt_value(p) for p in prompts]
+        cs = [self.completion_value(c) for c in completions]
+        users = None
+        if isinstance(self.model, PALModel) and self.user is None and self.weights is None:
+            users = kwargs.get(self.user_column)
+            if users is None:
+                if len(self.model.users) == 1:
+                    users = self.model.users * len(cs)
+                else:
+                    raise PalMMError(f"this PAL model has {len(self.model.users)} users: fix one (user=... / weights=...), "
+                                     f"export one with `pal-mm export`, or give a '{self.user_column}' column")
+            users = [str(u) for u in users]
+            if len(users) != len(cs):
+                raise PalMMError(f"got {len(users)} {self.user_column} values for {len(cs)} completions")
+        out: list[float] = []
+        for i in range(0, len(cs), self.batch_size):
+            j = i + self.batch_size
+            out += self._score(ps[i:j], cs[i:j], None if users is None else users[i:j])
+        return [float(r) for r in out]
+
+    @torch.no_grad()
+    def _score(self, prompts: list, completions: list, users: list[str] | None) -> list[float]:
+        m = self.model
+        if isinstance(m, PersonalRewardModel):
+            return m.reward(prompts, completions)
+        if users is None:
+            return m.reward(prompts, completions, user=self.user, weights=self.weights)
+        from .embedding import encode_values
+
+        m.eval()
+        p = encode_values(m.encoder, prompts, "prompt")
+        x = encode_values(m.encoder, completions, "item")
+        m._check_widths(p, x)
+        w = m.head.user_weights(m.user_index(users))
+        return m.head.reward(p, x, w).tolist()
+
+
+def as_reward_function(model_or_path, user: str | None = None, weights: Sequence[float] | None = None, batch_size: int = 32,
+                       user_column: str = "user_id", tokenizer: Any = "auto", name: str | None = None) -> RewardFunction:
+    """A TRL ``reward_funcs`` entry: ``fn(prompts, completions, **kwargs) -> list[float]``.
+
+    ``model_or_path``: a :class:`~pal_mm.export.PersonalRewardModel`, a :class:`~pal_mm.PALModel`
+    or the directory / Hub id of either. For a PAL model, ``user`` or ``weights`` fixes the
+    mixture; without them every row is scored for ``kwargs[user_column]``. Scoring runs in
+    batches of ``batch_size``. ``tokenizer``: the chat template used to flatten conversational
+    prompts (``"auto"``: the encoder's tokenizer if it has one; ``None``: plain
+    ``role: content`` lines). The function's ``__name__`` (``pal_<user>``) names the reward in
+    TRL's logs; pass ``name=`` to change it.
+
+    Example::
+
+        from trl import GRPOTrainer
+        trainer = GRPOTrainer(model=policy, reward_funcs=[as_reward_function("out/alice")], ...)
+    """
+    return RewardFunction(_as_model(model_or_path), user=user, weights=weights, batch_size=batch_size,
+                          user_column=user_column, tokenizer=tokenizer, name=name)
+
+
+# ------------------------------------------------------------------------------------------
+# Differentiable image scores
+# ------------------------------------------------------------------------------------------
+def resize_center_crop_tensor(x: torch.Tensor, size: int, crop_pct: float = 1.0, mode: str = "bicubic") -> torch.Tensor:
+    """The tensor twin of :func:`encoders.images.resize_center_crop`: shorter side to
+    ``round(size / crop_pct)`` (antialiased), clamp to [0, 1], centre crop ``size``."""
+    scale = int(round(size / crop_pct))
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if w < h:
+        nw, nh = scale, max(scale, int(round(h * scale / w)))
+    else:
+        nw, nh = max(scale, int(round(w * scale / h))), scale
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode=mode, align_corners=False, antialias=mode in ("bilinear", "bicubic"))
+        x = x.clamp(0.0, 1.0)  # PIL output is 8-bit: no overshoot
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return x[..., top : top + size, left : left + size]
+
+
+def _normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    m = torch.as_tensor(list(mean), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(list(std), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def _effnet_pixels(enc, pixels: torch.Tensor) -> torch.Tensor:
+    from encoders.images import IMAGENET_MEAN, IMAGENET_STD
+
+    x = _normalize(resize_center_crop_tensor(pixels, enc.image_size, enc.crop_pct), IMAGENET_MEAN, IMAGENET_STD)
+    return enc.image(x.to(enc.device, enc.torch_dtype))
+
+
+def _open_clip_pixels(enc, pixels: torch.Tensor) -> torch.Tensor:
+    x = pixels
+    for t in getattr(enc.preprocess, "transforms", [enc.preprocess]):
+        kind = type(t).__name__
+        if kind == "Resize":
+            x = t(x).clamp(0.0, 1.0)
+        elif kind in ("CenterCrop", "Normalize"):
+            x = t(x)
+        elif kind in ("ToTensor", "PILToTensor", "MaybeToTensor", "MaybeConvertMode", "ToImage", "ToDtype") or kind == "function":
+            continue  # PIL conversions: the pixels already are an RGB float tensor in [0, 1]
+        else:
+            raise PalMMError(f"open-clip: no differentiable version of the preprocessing step {kind}")
+    return enc.model.encode_image(x.to(enc.device, enc.torch_dtype), normalize=enc.normalize)
+
+
+def _field(obj, key):
+    if obj is None:
+        return None
+    if isinstance(obj, dict):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def _hf_clip_pixels(enc, pixels: torch.Tensor) -> torch.Tensor:
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    from encoders.hf_clip import _features
+
+    ip = enc.processor.image_processor
+    modes = {0: InterpolationMode.NEAREST, 2: InterpolationMode.BILINEAR, 3: InterpolationMode.BICUBIC}
+    mode = modes.get(int(getattr(ip, "resample", 3) or 3), InterpolationMode.BICUBIC)
+    x = pixels
+    if getattr(ip, "do_resize", True):
+        size = ip.size
+        short, h, w = _field(size, "shortest_edge"), _field(size, "height"), _field(size, "width")
+        if short:
+            x = TF.resize(x, int(short), interpolation=mode, antialias=True)
+        elif h and w:
+            x = TF.resize(x, [int(h), int(w)], interpolation=mode, antialias=True)
+        x = x.clamp(0.0, 1.0)
+    if getattr(ip, "do_center_crop", False):
+        cs = ip.crop_size
+        x = TF.center_crop(x, [int(_field(cs, "height")), int(_field(cs, "width"))])
+    if getattr(ip, "do_rescale", True):  # the processor maps 0..255 with rescale_factor; pixels are x / 255
+        factor = 255.0 * float(getattr(ip, "rescale_factor", 1 / 255))
+        if not math.isclose(factor, 1.0, rel_tol=1e-9):
+            x = x * factor
+    else:
+        x = x * 255.0
+    if getattr(ip, "do_normalize", True):
+        x = _normalize(x, ip.image_mean, ip.image_std)
+    out = _features(enc.model.get_image_features(pixel_values=x.to(enc.device, enc.torch_dtype)))
+    return F.normalize(out, dim=-1) if enc.normalize else out
+
+
+def encode_pixels(encoder, pixels: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) float pixels in [0, 1] -> (B, item_dim) image embeddings, differentiable.
+
+    Uses the encoder's own ``encode_pixels`` when it has one; built-in adapters cover
+    ``effnet-minilm``, ``open-clip`` and ``hf-clip``.
+    """
+    if encoder.item_modality != "image":
+        raise PalMMError(f"encoder {encoder.name!r} scores {encoder.item_modality} items, not images")
+    own = getattr(encoder, "encode_pixels", None)
+    if callable(own):
+        out = own(pixels)
+    else:
+        from encoders.effnet_minilm import EffNetMiniLMEncoder
+        from encoders.hf_clip import HFCLIPEncoder
+        from encoders.openclip import OpenCLIPEncoder
+
+        if isinstance(encoder, EffNetMiniLMEncoder):
+            out = _effnet_pixels(encoder, pixels)
+        elif isinstance(encoder, OpenCLIPEncoder):
+            out = _open_clip_pixels(encoder, pixels)
+        elif isinstance(encoder, HFCLIPEncoder):
+            out = _hf_clip_pixels(encoder, pixels)
+        else:
+            raise PalMMError(f"encoder {encoder.name!r} has no differentiable pixel path: give it an "
+                             "encode_pixels(pixels) method ((B, 3, H, W) in [0, 1] -> (B, item_dim))")
+    return out.float()
+
+
+def _check_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    if not isinstance(pixels, torch.Tensor) or not pixels.is_floating_point():
+        raise PalMMError("pixels must be a float tensor (B, 3, H, W) with values in [0, 1]")
+    if pixels.ndim == 3:
+        pixels = pixels[None]
+    if pixels.ndim != 4 or pixels.shape[1] != 3:
+        raise PalMMError(f"pixels must have shape (B, 3, H, W), got {tuple(pixels.shape)}")
+    return pixels
+
+
+def score_pixels(model, prompts: str | Sequence[str], pixels: torch.Tensor, user: str | None = None,
+                 weights: Sequence[float] | None = None) -> torch.Tensor:
+    """Differentiable rewards (B,) of images ``pixels`` (B, 3, H, W) in [0, 1] for the prompt(s)
+    (one string, or one per image). ``model``: a :class:`PersonalRewardModel`, or a
+    :class:`PALModel` with ``user`` / ``weights``. The model's parameters are not trained; the
+    gradient reaches ``pixels`` (and whatever produced them)."""
+    from .embedding import encode_values
+
+    model = _as_model(model)
+    pixels = _check_pixels(pixels)
+    n = pixels.shape[0]
+    if isinstance(prompts, str):
+        prompts = [prompts] * n
+    prompts = list(prompts)
+    if len(prompts) != n:
+        raise PalMMError(f"got {len(prompts)} prompts for {n} images")
+    enc = model.encoder
+    if enc.item_modality != "image":
+        raise PalMMError(f"encoder {enc.name!r} scores {enc.item_modality} items, not images")
+    was = model.training
+    model.eval()
+    try:
+        p = encode_values(enc, prompts, "prompt").clone()  # no gradient needed on the text side
+        x = encode_pixels(enc, pixels)
+        if isinstance(model, PersonalRewardModel):
+            if user is not None or weights is not None:
+                raise PalMMError(f"this reward model was exported for {model.describe()}; it takes no other user or weights")
+            return model.reward_embeddings(p, x)
+        model._check_widths(p, x)
+        head_device = next(model.head.parameters()).device
+        w = model._weights_for(n, user, weights).to(head_device)
+        return model.head.reward(p.to(head_device), x.to(head_device), w)
+    finally:
+        model.train(was)
+
+
+def as_ddpo_reward_function(model_or_path, user: str | None = None, weights: Sequence[float] | None = None):
+    """TRL DDPO's reward callable: ``fn(images, prompts, prompt_metadata) -> (rewards, {})`` with
+    ``images`` a (B, 3, H, W) tensor in [0, 1]; rewards are a (B,) tensor (no gradient)."""
+    model = _as_model(model_or_path)
+
+    def pal_ddpo_reward(images, prompts, prompt_metadata=None):
+        if not isinstance(images, torch.Tensor):
+            import numpy as np
+
+            images = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+                                  for im in images])
+        with torch.no_grad():
+            rewards = score_pixels(model, list(prompts), images.float(), user=user, weights=weights)
+        return rewards.detach().cpu(), {}
+
+    return pal_ddpo_reward
+
+
+__all__ = ["RewardFunction", "as_ddpo_reward_function", "as_reward_function", "encode_pixels",
+           "resize_center_crop_tensor", "score_pixels"]
