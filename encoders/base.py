@@ -28,7 +28,8 @@ Optional, for encoder fine-tuning (``pal_mm.finetune``):
 
 Encoders are *frozen* after construction: every parameter has ``requires_grad=False`` and the
 module stays in eval mode even when a parent calls ``.train()`` (no dropout in a frozen
-backbone). :meth:`set_trainable` is the only way to unfreeze parameters.
+backbone). :meth:`set_trainable` is the only way to unfreeze parameters; frozen blocks of a
+partly trainable encoder stay in eval mode as well.
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ class Encoder(nn.Module):
     # ----- shared machinery -----------------------------------------------------------------
     def fingerprint(self) -> str:
         parts = dict(self.fingerprint_parts())
-        if self._weights_changed:  # fine-tuned weights: the vectors are those of these weights
+        if self.weights_changed:  # fine-tuned weights: the vectors are those of these weights
+            if any(p.requires_grad for p in self.parameters()):
+                self._weights_digest = None  # still trainable: the weights may have moved since
             parts["weights_sha256"] = self.weights_digest()
         blob = json.dumps(parts, sort_keys=True, default=str)
         return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
@@ -97,7 +100,7 @@ class Encoder(nn.Module):
             h = hashlib.sha256()
             for k, v in sorted(self.state_dict().items()):
                 h.update(k.encode())
-                h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+                h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
             self._weights_digest = h.hexdigest()
         return self._weights_digest
 
@@ -215,10 +218,17 @@ class Encoder(nn.Module):
         return self.trainable_parameters()
 
     def train(self, mode: bool = True):
-        """A frozen encoder stays in eval mode (no dropout), whatever its parent asks."""
-        if mode and not any(p.requires_grad for p in self.parameters()):
-            mode = False
-        return super().train(mode)
+        """A frozen encoder stays in eval mode (no dropout), whatever its parent asks. When only
+        some blocks are trainable, every fully frozen submodule stays in eval mode too (no
+        dropout, no BatchNorm statistics updates): frozen parts behave exactly as at inference."""
+        trainable = any(p.requires_grad for p in self.parameters())
+        super().train(mode and trainable)
+        if mode and trainable:
+            for m in self.modules():
+                params = list(m.parameters())
+                if params and not any(p.requires_grad for p in params):
+                    m.eval()
+        return self
 
     def describe(self) -> dict:
         return {

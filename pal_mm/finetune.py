@@ -107,8 +107,8 @@ class PairLoss(nn.Module):
         head, encoder = self.model.head, self.model.encoder
         w = head.user_weights(user_idx)  # (b, K)
         if not self.token_level:
-            p = encoder.embed(prompts, "prompt")
-            items = encoder.embed(list(chosen) + list(rejected), "item")
+            p = encoder.embed(prompts, "prompt").float()  # a bf16/fp16 backbone feeds an fp32 head
+            items = encoder.embed(list(chosen) + list(rejected), "item").float()
             c, r = items[: len(chosen)], items[len(chosen):]
             return head.loss(head.margin(p, c, r, w))
         return self.token_loss(prompts, chosen, rejected, w)
@@ -117,6 +117,7 @@ class PairLoss(nn.Module):
         head, encoder = self.model.head, self.model.encoder
         b = len(prompts)
         states, mask, ids = encoder.token_states(list(prompts) + list(chosen) + list(rejected))  # (3b, t, d)
+        states = states.float()
         s_p, s_c, s_r = rearrange(states, "(three b) t d -> three b t d", three=3)
         m = rearrange(mask, "(three b) t -> three b t", three=3)
         i = rearrange(ids, "(three b) t -> three b t", three=3)
