@@ -25,9 +25,13 @@ test-all: setup
 
 bench: setup
 	$(PY) experiments/bench/bench_heads.py
+	$(PY) experiments/bench/bench_encoders.py
 
 reproduce-synthetic: setup
 	$(PY) experiments/synthetic/run.py
+
+reproduce-summary: setup
+	$(PY) experiments/summary/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
