@@ -7,7 +7,10 @@ item closer to a_u, with Bradley-Terry noise: P(x preferred) = sigmoid(beta * (|
 Items lie on a sphere so that no direction is preferred by everybody: all the signal is in the
 users' ideal points, which is what separates K = 1 from K = K*.
 
-Rows are written in pal-mm's canonical format with vectors as lists of floats.
+Rows are written in pal-mm's canonical format with vectors as lists of floats. The user with row
+``u`` of ``weights`` gets the id :func:`user_id` ``(u, prefix)``; :func:`ideal_points_by_id` and
+:func:`bayes_correct` give the ground truth (the Bayes/oracle rule: prefer the item closer to the
+true ideal point) for any encoded pairs, e.g. as a ceiling on the accuracy of a learned model.
 """
 
 from __future__ import annotations
@@ -27,6 +30,30 @@ def make_population(k_true: int, dim: int, num_users: int, seed: int, alpha: flo
     return protos, weights
 
 
+def user_id(u: int, prefix: str = "user") -> str:
+    return f"{prefix}{u:03d}"
+
+
+def ideal_points_by_id(protos, weights, user_prefix: str = "user") -> dict:
+    """user id -> true ideal point a_u = w_u^T P (d,)."""
+    return {user_id(u, user_prefix): w @ protos for u, w in enumerate(weights)}
+
+
+def bayes_correct(ideal_by_id: dict, user_ids, chosen, rejected, beta: float | None = None):
+    """(n,) per-pair correctness of the oracle rule (chosen closer to the user's true ideal point
+    than rejected), for label arrays chosen/rejected (n, d). With ``beta``, also return the
+    expected accuracy of that rule under the generator's noise, mean(max(p, 1 - p))."""
+    chosen, rejected = np.asarray(chosen, dtype=np.float64), np.asarray(rejected, dtype=np.float64)
+    ideal = np.stack([ideal_by_id[u] for u in user_ids])
+    d_c = np.linalg.norm(chosen - ideal, axis=1)
+    d_r = np.linalg.norm(rejected - ideal, axis=1)
+    correct = d_c < d_r
+    if beta is None:
+        return correct
+    p = 1 / (1 + np.exp(-beta * np.abs(d_r - d_c)))
+    return correct, float(p.mean())
+
+
 def make_pairs(protos, weights, pairs_per_user: int, seed: int, prompt_dim: int = 8, beta: float = 20.0,
                user_prefix: str = "user") -> list[dict]:
     """``pairs_per_user`` comparisons for every user, labelled by the noisy ideal-point rule."""
@@ -43,7 +70,7 @@ def make_pairs(protos, weights, pairs_per_user: int, seed: int, prompt_dim: int 
         prompts = rng.normal(size=(pairs_per_user, prompt_dim))
         for i in range(pairs_per_user):
             a, b = (x[i, 0], x[i, 1]) if first_wins[i] else (x[i, 1], x[i, 0])
-            rows.append({"user_id": f"{user_prefix}{u:03d}", "prompt": _r(prompts[i]), "chosen": _r(a), "rejected": _r(b),
+            rows.append({"user_id": user_id(u, user_prefix), "prompt": _r(prompts[i]), "chosen": _r(a), "rejected": _r(b),
                          "group": f"proto{int(np.argmax(w))}"})
     return rows
 
