@@ -30,8 +30,6 @@ def add_parser(sub):
 
 def run(args) -> int:
     c.require(args, "pipeline", "prompt", "model", "out")
-    if not args.user:
-        c.require(args, "user")
     model = PALModel.from_pretrained(args.model)
     with c.atomic_output_dir(args.out, args.overwrite) as tmp:
         result = best_of_n(args.pipeline, args.prompt, args.num_images, model, args.user, tmp, steps=args.steps,
