@@ -33,5 +33,8 @@ reproduce-synthetic: setup
 reproduce-summary: setup
 	$(PY) experiments/summary/run.py
 
+reproduce-t2i: setup
+	$(PY) experiments/t2i/run.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache
