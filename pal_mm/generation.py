@@ -16,6 +16,7 @@ uses one CPU generator per image seeded ``seed + i``: image i is the same whatev
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -138,7 +139,8 @@ def load_pipeline(name_or_path: str, device: str | None = None, dtype: str | Non
     if safety_checker is False or (safety_checker is None and looks_local):
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(local if looks_local else name_or_path), **kwargs)
+        with _quiet_loading(not progress):
+            pipe = DiffusionPipeline.from_pretrained(str(local if looks_local else name_or_path), **kwargs)
     except Exception as e:  # missing repo, no network, corrupt files
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise PalMMError(f"could not load diffusers pipeline {name_or_path!r} ({type(e).__name__}: {first[:200]})") from None
@@ -148,6 +150,28 @@ def load_pipeline(name_or_path: str, device: str | None = None, dtype: str | Non
         raise PalMMError(f"could not move the pipeline to device {device!r} ({type(e).__name__}: {e})") from None
     pipe.set_progress_bar_config(disable=not progress)
     return pipe
+
+
+@contextlib.contextmanager
+def _quiet_loading(quiet: bool):
+    """Hide diffusers' and transformers' loading bars and info logs (restored afterwards)."""
+    if not quiet:
+        yield
+        return
+    from diffusers.utils import logging as dl
+
+    from encoders.assets import quiet_transformers
+
+    bars, level = dl.is_progress_bar_enabled(), dl.get_verbosity()
+    dl.disable_progress_bar()
+    dl.set_verbosity_error()
+    try:
+        with quiet_transformers():
+            yield
+    finally:
+        dl.set_verbosity(level)
+        if bars:
+            dl.enable_progress_bar()
 
 
 def check_sampling_args(num_images: int, steps: int | None, batch_size: int | None) -> None:

@@ -91,7 +91,9 @@ def test_config_merge_and_jobs(tmp_path):
     args = run.argparse.Namespace(config=str(RUN.parent / "config.yaml"), quick=True, encoder=None, encoder_arg=["batch_size=8"],
                                   data=None, seeds="4,5")
     cfg = run.load_config(args)
-    assert cfg["quick_data"] is True and cfg["train"]["epochs"] < 30 and cfg["train"]["lr_users"] == 0.05  # deep merge
+    full = run.load_config(run.argparse.Namespace(**{**vars(args), "quick": False}))
+    assert cfg["quick_data"] is True and full["quick_data"] is False
+    assert cfg["train"]["epochs"] < full["train"]["epochs"] and cfg["train"]["lr_users"] == full["train"]["lr_users"]  # deep merge
     assert cfg["unseen"]["beta"] == 1.0 and cfg["seeds"] == [4, 5] and cfg["encoder_args"] == {"batch_size": 8}
     assert run.train_config(cfg, "pal-b-k2", 1).patience == 0 and run.train_config(cfg, "pal-b-k1", 1).patience > 0
     assert run.head_config(cfg, "pal-b-k2").k == 2

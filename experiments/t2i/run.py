@@ -3,14 +3,15 @@ learned parameters vs the encoder.
 
     python experiments/t2i/run.py                      # full run (make reproduce-t2i), < 15 min on 2 CPU cores
     python experiments/t2i/run.py --quick --out /tmp/t2i   # small data, one seed (< 2 min; used by the tests)
-    python experiments/t2i/run.py --encoder open-clip --encoder-arg model=ViT-B-32 ...
+    python experiments/t2i/run.py --encoder open-clip --encoder-arg model_name=ViT-B-32 ...
 
 Steps (all numbers come from the library: ``fit``, ``adapt``, ``evaluate``):
 
 1. build ``data/t2i_default`` with :mod:`data_scripts.t2i_default` when it is missing;
 2. encode every distinct caption and image of every split once (through the embedding cache);
 3. seen users: for each beta and method (PAL-B K=1, PAL-B K=2, single reward model) and seed, train on
-   ``seen_train`` (best epoch on ``seen_val``) and report accuracy on ``seen_test``;
+   ``seen_train`` from ``restarts`` initialisations, keep the best epoch of the best one on ``seen_val``, and
+   report accuracy on ``seen_test``;
 4. unseen users (beta = 1): per seed, a fixed test set of ``test_pairs`` pairs per user and nested training
    sets of n pairs; ``adapt`` learns only each new user's K logits (fixed steps, no model selection);
 5. write ``results.json`` (schema below), ``details.json``, ``results.md`` and three PNG plots.
@@ -197,12 +198,19 @@ def run_task(beta: float, method: str, seed: int) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     # the embeddings are precomputed; the model's encoder is only a placeholder of the right widths
     encoder = PrecomputedEncoder(prompt_dim=tables.prompts.shape[1], item_dim=tables.items.shape[1])
-    model = fit(tables.pairs(beta, "seen_train"), tables.pairs(beta, "seen_val"), encoder, head_config(cfg, method),
-                train_config(cfg, method, seed), user_groups=groups)
+    train, val = tables.pairs(beta, "seen_train"), tables.pairs(beta, "seen_val")
+    model, restarts = None, []
+    for r in range(int(cfg.get("restarts", 1))):  # keep the initialisation with the lowest val loss
+        candidate = fit(train, val, encoder, head_config(cfg, method), train_config(cfg, method, seed * 1000 + r),
+                        user_groups=groups)
+        restarts.append({"val_loss": candidate.metrics["val_loss"], "val_accuracy": candidate.metrics["val_accuracy"],
+                         "best_epoch": candidate.metrics["best_epoch"], "epochs_run": candidate.metrics["epochs_run"]})
+        if model is None or candidate.metrics["val_loss"] < model.metrics["val_loss"]:
+            model = candidate
     m = evaluate(model, tables.pairs(beta, "seen_test"), groups=groups)
     out = {"beta": beta, "method": method, "seed": seed, "accuracy": m["accuracy"],
            "val_accuracy": model.metrics.get("val_accuracy"), "best_epoch": model.metrics["best_epoch"],
-           "epochs_run": model.metrics["epochs_run"], "learned_params": model.num_learned_parameters(),
+           "epochs_run": model.metrics["epochs_run"], "learned_params": model.num_learned_parameters(), "restarts": restarts,
            "per_group": {g: v["accuracy"] for g, v in m.get("per_group", {}).items()}}
     ucfg = cfg["unseen"]
     if beta == float(ucfg["beta"]):
@@ -306,7 +314,7 @@ def run_experiment(cfg: dict, args: argparse.Namespace, log=print) -> dict:
         "config": cfg,
         "encoder": {"name": cfg["encoder"], "args": cfg.get("encoder_args", {}), "fingerprint": encoder.fingerprint(),
                     "prompt_dim": encoder.prompt_dim, "item_dim": encoder.item_dim},
-        "data": {"dir": str(data_dir), "users": meta["users"], "unique_images": meta["unique_images"],
+        "data": {"dir": str(data_dir.relative_to(ROOT)) if data_dir.is_relative_to(ROOT) else str(data_dir), "users": meta["users"], "unique_images": meta["unique_images"],
                  "pairs": meta["betas"]},
         "seen_runs": seen_runs,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
