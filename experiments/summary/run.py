@@ -119,7 +119,12 @@ def resolve_data(data_dir: str | None, cfg: dict) -> tuple[Path, str]:
         if not has_dataset(d):
             raise SystemExit(f"error: {d}: not a summary dataset (need {', '.join(s + '.jsonl' for s in SPLITS)})")
         meta = read_meta(d)
-        kind = "default" if "explabox" in str(meta.get("source", "")) else "real" if "summarize_from_feedback" in json.dumps(meta) else "custom"
+        if "explabox" in str(meta.get("source", "")):
+            kind = "default"
+        elif meta.get("config") == "comparisons" or "summarize_from_feedback" in json.dumps(meta):
+            kind = "real"  # data_scripts.summary output (Hub or a local copy in the Hub schema)
+        else:
+            kind = "custom"
         return d, kind
     real = ROOT / cfg["data"]["real_dir"]
     if has_dataset(real):
