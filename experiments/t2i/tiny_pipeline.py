@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from pathlib import Path
 
 
 def clip_tokenizer(max_length: int = 77):
