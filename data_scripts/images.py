@@ -4,7 +4,7 @@
   (toward red), plus :func:`blue_red_balance` to measure their effect;
 * the degradations used to make candidate "generations" from a photo: :func:`crop_zoom`,
   :func:`gaussian_blur`, :func:`add_noise`, :func:`jpeg_degrade`, :func:`square_resize`;
-* atomic file writing (:func:`write_bytes_atomic`, :func:`png_bytes`) and :class:`ImageStore`, a
+* PNG encoding (:func:`png_bytes`, :func:`save_png_atomic`) and :class:`ImageStore`, a
   folder of images with a ``manifest.json`` of SHA-256 hashes so that a rebuild can reuse files
   that are already there and intact.
 
@@ -17,12 +17,15 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageFilter
+
+from pal_mm.atomic import write_bytes as write_bytes_atomic
+from pal_mm.atomic import write_text as write_text_atomic
+from pal_mm.convert import image_suffix
 
 # --------------------------------------------------------------------------------------------
 # colour filters (Pick-a-Filter)
@@ -167,42 +170,11 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file in the same folder, then rename it over ``path``:
-    readers never see a half-written file, even if the process is killed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
 def save_png_atomic(img: Image.Image, path: str | os.PathLike) -> str:
     """Save ``img`` as PNG at ``path`` atomically; returns the file's SHA-256."""
     data = png_bytes(img)
     write_bytes_atomic(path, data)
     return sha256_bytes(data)
-
-
-def image_extension(data: bytes) -> str | None:
-    """``.jpg`` / ``.png`` / ``.webp`` from the magic bytes, or None if unknown."""
-    if data[:3] == b"\xff\xd8\xff":
-        return ".jpg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return ".png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return ".webp"
-    return None
 
 
 class ImageStore:
@@ -246,7 +218,7 @@ class ImageStore:
     def put_bytes(self, data: bytes) -> str:
         """Store encoded image bytes under ``<sha256[:24]><ext>``; PIL-readable bytes of an
         unknown format are re-encoded as PNG. Returns the file name."""
-        ext = image_extension(data)
+        ext = image_suffix(data)
         if ext is None:
             with Image.open(io.BytesIO(data)) as im:
                 data = png_bytes(im)

@@ -37,6 +37,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from pal_mm import atomic
+
 from .images import ImageStore, png_bytes, write_text_atomic
 
 DEFAULT_SOURCE = "yuvalkirstain/pickapic_v2"
@@ -202,7 +204,7 @@ def embed_rows(splits: dict[str, list[dict]], base_dir: Path, encoder) -> dict[s
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     """Write rows as JSON lines, atomically."""
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic.write_jsonl(rows, path)
 
 
 def build(

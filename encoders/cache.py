@@ -40,6 +40,7 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import save as st_save
 
+from pal_mm.atomic import write_bytes
 from pal_mm.errors import PalMMError
 
 from .assets import cache_root
@@ -61,16 +62,7 @@ def _safe_name(fingerprint: str) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_bytes(path, data, fsync=True)
 
 
 class CorruptShard(Exception):

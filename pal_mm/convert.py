@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 import os
 import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
+from .atomic import write_bytes, write_jsonl
 from .errors import DataError, PalMMError
 
 FORMATS = ("pal-reference", "pickapic")
@@ -201,7 +201,8 @@ def image_bytes(value: Any, base_dir: str | Path | None = None) -> bytes:
     raise PalMMError(f"cannot read an image from a {type(value).__name__}")
 
 
-def _image_suffix(data: bytes) -> str | None:
+def image_suffix(data: bytes) -> str | None:
+    """``.jpg`` / ``.png`` / ``.webp`` / ``.gif`` / ``.bmp`` from the magic bytes, or None."""
     if data[:3] == b"\xff\xd8\xff":
         return ".jpg"
     if data[:8] == b"\x89PNG\r\n\x1a\n":
@@ -218,7 +219,7 @@ def _image_suffix(data: bytes) -> str | None:
 def _store_image(data: bytes, directory: Path, where: str) -> str:
     """Write ``data`` under ``<sha256[:24]><ext>`` in ``directory`` (deduplicated); returns the
     file name. Bytes that are not a known image format must at least decode with PIL."""
-    suffix = _image_suffix(data)
+    suffix = image_suffix(data)
     if suffix is None:
         try:
             from PIL import Image
@@ -232,9 +233,7 @@ def _store_image(data: bytes, directory: Path, where: str) -> str:
     name = hashlib.sha256(data).hexdigest()[:24] + suffix
     path = directory / name
     if not path.exists():
-        tmp = directory / f".{name}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_bytes(path, data)
     return name
 
 
@@ -344,20 +343,6 @@ def default_image_dir(out: str | Path) -> Path:
     return out.with_name(out.stem + "_images")
 
 
-def _write_jsonl_atomic(rows: Sequence[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def convert_file(fmt: str, data: str | os.PathLike, out: str | os.PathLike, image_dir: str | os.PathLike | None = None,
                  max_rows: int | None = None, split: str = "train", overwrite: bool = False) -> dict:
     """Convert ``data`` (format ``fmt``) to canonical JSON lines at ``out``, atomically: on any
@@ -378,7 +363,7 @@ def convert_file(fmt: str, data: str | os.PathLike, out: str | os.PathLike, imag
     if fmt == "pal-reference":
         rows, counts = convert_pal_reference(rows_iter, label, base_dir, out.parent)
         _check_nonempty(rows, counts, label)
-        _write_jsonl_atomic(rows, out)
+        write_jsonl(rows, out)
         return counts
     images = Path(image_dir).expanduser() if image_dir else default_image_dir(out)
     try:
@@ -396,7 +381,7 @@ def convert_file(fmt: str, data: str | os.PathLike, out: str | os.PathLike, imag
                     os.replace(f, images / f.name)
         else:
             os.replace(tmp, images)
-        _write_jsonl_atomic(rows, out)
+        write_jsonl(rows, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from .atomic import write_jsonl  # noqa: F401  (part of this module's API)
 from .convert import flatten_conversation, is_conversation
 from .errors import DataError
 
@@ -312,17 +313,6 @@ def split_rows_per_user(rows: list[dict], n: int, seed: int = 0) -> tuple[list[d
     """Row-dict version of :meth:`PreferenceData.split_per_user` (used by the data builders)."""
     train_idx, test_idx = split_indices_per_user([str(r["user_id"]) for r in rows], n, seed)
     return [rows[i] for i in train_idx], [rows[i] for i in test_idx]
-
-
-def write_jsonl(rows: Iterable[dict], path: str | os.PathLike) -> None:
-    """Write rows atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def user_counts(data: PreferenceData) -> Counter:

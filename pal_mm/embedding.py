@@ -6,6 +6,7 @@ When a cache is given (see ``encoders.cache``), every distinct input is looked u
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -81,3 +82,20 @@ def encode_data(encoder: Encoder, data: PreferenceData, cache=None) -> EncodedPa
             f"but the model expects prompt={encoder.prompt_dim}, item={encoder.item_dim}"
         )
     return EncodedPairs(prompt, items[:n], items[n:], list(data.user_ids))
+
+
+def broadcast_inputs(prompts: Any, responses: Any) -> tuple[list, list]:
+    """Pair prompts with responses for scoring: a single prompt (text, path or vector) is
+    repeated for every response; otherwise one prompt per response."""
+    if isinstance(responses, (str, os.PathLike)):
+        responses = [responses]
+    responses = list(responses)
+    if isinstance(prompts, (str, os.PathLike)) or (prompts and isinstance(prompts, (list, tuple))
+                                                   and not isinstance(prompts[0], (str, list, tuple, os.PathLike))):
+        prompts = [prompts] * len(responses)
+    prompts = list(prompts)
+    if len(prompts) == 1 and len(responses) > 1:
+        prompts = prompts * len(responses)
+    if len(prompts) != len(responses):
+        raise PalMMError(f"got {len(prompts)} prompts for {len(responses)} responses")
+    return prompts, responses

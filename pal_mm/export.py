@@ -28,10 +28,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import math
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -44,125 +42,17 @@ from torch import nn
 from encoders.base import Encoder
 
 from . import __version__
+from .atomic import output_dir
 from .errors import PalMMError
+from .embedding import broadcast_inputs
 from .heads import PALConfig, PALHead
+from .mixture import check_simplex, describe_mixture, resolve_mixture
 from .model import CONFIG_NAME, ENCODER_WEIGHTS_NAME, USERS_NAME, WEIGHTS_NAME, PALModel, _load_tensors, _resolve_model_dir
 
 FORMAT = "personal-reward-model"
 FORMAT_VERSION = 1
-#: tolerance of the simplex check on explicit weights (sum and negativity)
-SIMPLEX_TOL = 1e-4
 MIXTURE_KEY = "mixture_weights"
 HEAD_PREFIX = "head."
-
-
-# ------------------------------------------------------------------------------------------
-# Mixture weights
-# ------------------------------------------------------------------------------------------
-def parse_floats(value: str | Sequence[float], flag: str) -> list[float]:
-    """``"0.2,0.8"`` or a sequence -> floats (finite), with a one-line error otherwise."""
-    items = value.split(",") if isinstance(value, str) else list(value)
-    try:
-        out = [float(x) for x in items]
-    except (TypeError, ValueError):
-        raise PalMMError(f"{flag}: expected comma-separated numbers, got {value!r}") from None
-    if not out or not all(math.isfinite(x) for x in out):
-        raise PalMMError(f"{flag}: expected finite numbers, got {value!r}")
-    return out
-
-
-def check_simplex(weights: Sequence[float], k: int, flag: str = "weights", tol: float = SIMPLEX_TOL) -> list[float]:
-    """K non-negative weights summing to 1, both up to ``tol``."""
-    w = parse_floats(weights, flag)
-    if len(w) != k:
-        raise PalMMError(f"{flag} must have K={k} entries (one per prototype), got {len(w)}")
-    if min(w) < -tol or abs(sum(w) - 1.0) > tol:
-        raise PalMMError(f"{flag} must lie on the simplex (non-negative, summing to 1 within {tol:g}), "
-                         f"got {[round(x, 6) for x in w]} (sum {sum(w):.6g})")
-    return w
-
-
-def parse_prototype(value: int | str, k: int) -> int:
-    """A 0-based prototype index in [0, K)."""
-    if isinstance(value, bool):
-        raise PalMMError(f"prototype must be an integer in 0..{k - 1}, got {value!r}")
-    try:
-        idx = int(str(value).strip()) if not isinstance(value, int) else value
-    except ValueError:
-        raise PalMMError(f"prototype must be an integer in 0..{k - 1} (0-based), got {value!r}") from None
-    if not 0 <= idx < k:
-        raise PalMMError(f"prototype index {idx} is out of range: this model has K={k} prototypes (0..{k - 1}, 0-based)")
-    return idx
-
-
-def resolve_mixture(head: PALHead, users: Sequence[str], user: str | None = None, weights=None, logits=None,
-                    prototype=None) -> tuple[torch.Tensor, dict]:
-    """The fixed (K,) float32 weights and a description of where they come from."""
-    k = head.config.k
-    given = {name: v for name, v in (("user", user), ("weights", weights), ("logits", logits), ("prototype", prototype))
-             if v is not None}
-    if len(given) > 1:
-        raise PalMMError(f"give only one of user, weights, logits or prototype (got {', '.join(given)})")
-    if not given:
-        if head.config.model_type == "single-rm":  # no users: the weights are unused
-            return torch.full((k,), 1.0 / k), {"source": "none"}
-        raise PalMMError("choose whose reward model to export: give a user, weights (w1,...,wK), logits or a prototype index")
-    if user is not None:
-        index = {u: i for i, u in enumerate(users)}
-        if str(user) not in index:
-            shown = ", ".join(list(users)[:5]) + (", ..." if len(users) > 5 else "")
-            raise PalMMError(f"unknown user {user!r}: the model knows {len(users)} user(s) ({shown}); "
-                             "fit new users first with `pal-mm adapt`, or give weights")
-        i = index[str(user)]
-        with torch.no_grad():  # the exact computation PALModel.reward(user=...) runs
-            w = head.user_weights(torch.as_tensor([i], dtype=torch.long))[0].detach().clone()
-        return w.float(), {"source": "user", "user": str(user), "logits": head.user_logits[i].detach().tolist()}
-    if weights is not None:
-        w = check_simplex(weights, k, "weights")
-        return torch.tensor(w, dtype=torch.float32), {"source": "weights"}
-    if logits is not None:
-        lg = parse_floats(logits, "logits")
-        if len(lg) != k:
-            raise PalMMError(f"logits must have K={k} entries (one per prototype), got {len(lg)}")
-        return torch.softmax(torch.tensor(lg, dtype=torch.float32), dim=-1), {"source": "logits", "logits": lg}
-    idx = parse_prototype(prototype, k)
-    w = torch.zeros(k)
-    w[idx] = 1.0
-    return w, {"source": "prototype", "prototype": idx}
-
-
-def describe_mixture(mixture: dict) -> str:
-    """``user alice`` / ``prototype 1`` / ``weights [0.2, 0.8]``."""
-    src = mixture.get("source")
-    if src == "user":
-        return f"user {mixture['user']}"
-    if src == "prototype":
-        return f"prototype {mixture['prototype']}"
-    if src == "none":
-        return "the population (single-rm)"
-    if src == "logits":
-        return f"logits {[round(float(x), 4) for x in mixture['logits']]}"
-    return f"weights {[round(float(x), 4) for x in mixture['weights']]}"
-
-
-# ------------------------------------------------------------------------------------------
-# Inputs
-# ------------------------------------------------------------------------------------------
-def broadcast_inputs(prompts: Any, responses: Any) -> tuple[list, list]:
-    """PALModel.reward's conventions: a single prompt (text, path or vector) is repeated for
-    every response; otherwise one prompt per response."""
-    if isinstance(responses, (str, os.PathLike)):
-        responses = [responses]
-    responses = list(responses)
-    if isinstance(prompts, (str, os.PathLike)) or (prompts and isinstance(prompts, (list, tuple))
-                                                   and not isinstance(prompts[0], (str, list, tuple, os.PathLike))):
-        prompts = [prompts] * len(responses)
-    prompts = list(prompts)
-    if len(prompts) == 1 and len(responses) > 1:
-        prompts = prompts * len(responses)
-    if len(prompts) != len(responses):
-        raise PalMMError(f"got {len(prompts)} prompts for {len(responses)} responses")
-    return prompts, responses
 
 
 def encoder_is_fine_tuned(encoder: Encoder) -> bool:
@@ -284,12 +174,7 @@ class PersonalRewardModel(
 
     def reward_embeddings(self, prompt_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
         """(b, dp), (b, di) encoder outputs -> (b,) rewards; differentiable (no no_grad)."""
-        if prompt_emb.ndim != 2 or item_emb.ndim != 2 or prompt_emb.shape[0] != item_emb.shape[0]:
-            raise PalMMError(f"expected (b, {self.config.prompt_dim}) and (b, {self.config.item_dim}) embeddings, "
-                             f"got {tuple(prompt_emb.shape)} and {tuple(item_emb.shape)}")
-        if prompt_emb.shape[1] != self.config.prompt_dim or item_emb.shape[1] != self.config.item_dim:
-            raise PalMMError(f"inputs have widths prompt={prompt_emb.shape[1]}, item={item_emb.shape[1]}; this model takes "
-                             f"prompt={self.config.prompt_dim}, item={self.config.item_dim}")
+        self.config.check_widths(prompt_emb, item_emb)
         device, dtype = self._head_device(), self.mixture_weights.dtype
         w = self.mixture_weights[None].expand(prompt_emb.shape[0], -1)
         return self.head.reward(prompt_emb.to(device, dtype), item_emb.to(device, dtype), w)
@@ -368,20 +253,8 @@ class PersonalRewardModel(
         ``config`` / ``model_card_kwargs`` are accepted for the mixin's API and ignored: the
         config and card are always generated from the model."""
         target = Path(save_directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with output_dir(target) as tmp:
             self.write_files(tmp)
-            if target.exists():
-                old = target.with_name(f".{target.name}.old-{os.getpid()}")
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         if push_to_hub:
             return self.push_to_hub(repo_id or target.name, **push_to_hub_kwargs)
         return None

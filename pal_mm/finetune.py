@@ -28,7 +28,6 @@ The loop in one look::
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -49,7 +48,7 @@ from .embedding import check_modalities, encode_data
 from .errors import PalMMError
 from .heads import PALConfig
 from .model import PALModel
-from .training import TrainConfig, build_model, optimizer_groups, pair_margins
+from .training import BestEpoch, TrainConfig, build_model, optimizer_groups, pair_margins, write_record
 
 WEIGHTINGS = ("cumulative", "mean", "last")
 
@@ -172,6 +171,8 @@ def fit_finetune(
         raise PalMMError(f"encoder {encoder.name!r} has no weights to fine-tune")
     config = copy.deepcopy(config or PALConfig())
     tc = train_config or TrainConfig()
+    if tc.restarts != 1:
+        raise PalMMError("restarts are not supported when fine-tuning the encoder (each restart would re-train it)")
     if token_level and config.model_type != "pal-b":
         raise PalMMError("the token-level loss is defined for PAL-B (--model pal-b)")
     if token_level and (encoder.prompt_modality != "text" or encoder.item_modality != "text"):
@@ -215,9 +216,8 @@ def fit_finetune(
     n_trainable = sum(p.numel() for p in trainable)
     metrics_file = open(metrics_path, "a") if metrics_path else None
 
-    best = {"val_loss": float("inf"), "epoch": 0, "state": None}
+    best = BestEpoch(tc.patience)
     history = []
-    bad_epochs = 0
     desc = f"finetune {config.model_type} K={config.k} ({n_encoder:,} encoder params{', token-level' if token_level else ''})"
     bar = tqdm(range(1, tc.epochs + 1), desc=desc, disable=not tc.progress or not accelerator.is_main_process)
     for epoch in bar:
@@ -250,29 +250,17 @@ def fit_finetune(
             record["val_loss"] = float(core.head.loss(m))
             record["val_accuracy"] = float((m > 0).float().mean())
         history.append(record)
-        if metrics_file and accelerator.is_main_process:
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
-        bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("train_loss", "val_loss", "val_accuracy")})
-        if "val_loss" in record:
-            if record["val_loss"] < best["val_loss"] - 1e-6:
-                best = {"val_loss": record["val_loss"], "epoch": epoch, "state": _trainable_state(core)}
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
-                if tc.patience and bad_epochs >= tc.patience:
-                    break
+        write_record(record, metrics_file if accelerator.is_main_process else None, bar)
+        if best.update(record, lambda: _trainable_state(core)):
+            break
     if metrics_file:
         metrics_file.close()
-    if best["state"] is not None:
-        missing = core.load_state_dict(best["state"], strict=False)
+    if best.state is not None:
+        missing = core.load_state_dict(best.state, strict=False)
         assert not missing.unexpected_keys, missing.unexpected_keys
     core = core.cpu().eval()
     core.encoder.mark_weights_changed()  # new weights: a new fingerprint for the cache
-    core.metrics = {"best_epoch": best["epoch"] or len(history), "epochs_run": len(history),
-                    "trainable_parameters": n_trainable, "encoder_trainable_parameters": n_encoder}
-    if best["state"] is not None:
-        core.metrics.update(val_loss=round(best["val_loss"], 6), val_accuracy=round(history[best["epoch"] - 1]["val_accuracy"], 6))
+    core.metrics = {**best.metrics(history), "trainable_parameters": n_trainable, "encoder_trainable_parameters": n_encoder}
     core.data_info = {"train_pairs": len(train), "seen_users": len(core.users),
                       "fine_tuned_encoder": {"train_layers": "all" if train_layers is None else train_layers,
                                              "token_level": token_level, "token_weighting": token_weighting if token_level else None,

@@ -85,12 +85,11 @@ def image_rewards(model, prompt: str, images: Sequence[str | os.PathLike], users
     model.eval()
     p = encode_values(model.encoder, [str(prompt)], "prompt").expand(len(paths), -1)
     x = encode_values(model.encoder, paths, "item")
-    model._check_widths(p, x)
     keys = list(users) if users else ["weights"]
     out = {}
     for key in keys:
-        w = model._weights_for(len(paths), key if users else None, None if users else weights)
-        out[key] = [float(r) for r in model.head.reward(p, x, w)]
+        r = model.reward_embeddings(p, x, user=key) if users else model.reward_embeddings(p, x, weights=weights)
+        out[key] = [float(v) for v in r]
     return out
 
 

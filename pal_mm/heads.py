@@ -72,6 +72,15 @@ class PALConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def check_widths(self, prompt_emb: torch.Tensor, item_emb: torch.Tensor) -> None:
+        """Embeddings (b, prompt_dim) and (b, item_dim) for the same b, or a one-line error."""
+        if prompt_emb.ndim != 2 or item_emb.ndim != 2 or prompt_emb.shape[0] != item_emb.shape[0]:
+            raise PalMMError(f"expected (b, {self.prompt_dim}) and (b, {self.item_dim}) embeddings, "
+                             f"got {tuple(prompt_emb.shape)} and {tuple(item_emb.shape)}")
+        if prompt_emb.shape[1] != self.prompt_dim or item_emb.shape[1] != self.item_dim:
+            raise PalMMError(f"inputs have widths prompt={prompt_emb.shape[1]}, item={item_emb.shape[1]}; this model "
+                             f"takes prompt={self.prompt_dim}, item={self.item_dim}")
+
     @classmethod
     def from_dict(cls, d: dict) -> "PALConfig":
         known = {f.name for f in fields(cls)}

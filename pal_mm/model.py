@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,8 +17,10 @@ from torch import nn
 from encoders.base import Encoder
 
 from . import __version__
+from .atomic import output_dir
 from .errors import PalMMError
 from .heads import PALConfig, PALHead
+from .mixture import check_simplex
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -64,19 +64,22 @@ class PALModel(nn.Module):
         """The user's point on the K-simplex."""
         return self.head.user_weights(self.user_index([user]))[0].tolist()
 
-    def _weights_for(self, n: int, user: str | None, weights: Sequence[float] | None) -> torch.Tensor:
-        """(n, K) mixture weights for ``user`` or explicit simplex ``weights``."""
-        if (user is None) == (weights is None):
-            raise PalMMError("give exactly one of user=... or weights=...")
+    def mixture_weights(self, n: int, user: str | None = None, weights: Sequence[float] | None = None,
+                        users: Sequence[str] | None = None) -> torch.Tensor:
+        """(n, K) mixture weights, from exactly one of: a known ``user`` (the same row n times),
+        explicit simplex ``weights``, or ``users`` (one known user id per row)."""
+        given = [name for name, v in (("user", user), ("weights", weights), ("users", users)) if v is not None]
+        if len(given) != 1:
+            raise PalMMError("give exactly one of user=..., weights=... or users=[...]")
+        if users is not None:
+            users = [str(u) for u in users]
+            if len(users) != n:
+                raise PalMMError(f"got {len(users)} user ids for {n} rows")
+            return self.head.user_weights(self.user_index(users).to(self.head.user_logits.device))
         if user is not None:
-            w = self.head.user_weights(self.user_index([user]))
+            w = self.head.user_weights(self.user_index([str(user)]).to(self.head.user_logits.device))
         else:
-            w = torch.as_tensor([float(x) for x in weights], dtype=torch.float32)[None]
-            k = self.config.k
-            if w.shape[1] != k:
-                raise PalMMError(f"weights must have K={k} entries, got {w.shape[1]}")
-            if (w < -1e-6).any() or abs(float(w.sum()) - 1.0) > 1e-4:
-                raise PalMMError(f"weights must lie on the simplex (non-negative, sum 1), got {w[0].tolist()}")
+            w = torch.tensor(check_simplex(weights, self.config.k, "weights"), device=self.head.user_logits.device)[None]
         return w.expand(n, -1)
 
     def forward(self, prompt_emb: torch.Tensor, chosen_emb: torch.Tensor, rejected_emb: torch.Tensor,
@@ -86,27 +89,28 @@ class PALModel(nn.Module):
         return self.head.margin(prompt_emb, chosen_emb, rejected_emb, self.head.user_weights(user_idx))
 
     # ----- scoring --------------------------------------------------------------------------
+    def reward_embeddings(self, prompt_emb: torch.Tensor, item_emb: torch.Tensor, user: str | None = None,
+                          weights: Sequence[float] | None = None, users: Sequence[str] | None = None) -> torch.Tensor:
+        """Rewards (b,) of encoder outputs (b, prompt_dim), (b, item_dim) for one ``user``,
+        explicit ``weights`` or per-row ``users`` (see :meth:`mixture_weights`). Differentiable:
+        callers that need no gradient wrap it in ``torch.no_grad()``."""
+        self.config.check_widths(prompt_emb, item_emb)
+        w = self.mixture_weights(prompt_emb.shape[0], user=user, weights=weights, users=users)
+        dev, dtype = w.device, w.dtype
+        return self.head.reward(prompt_emb.to(dev, dtype), item_emb.to(dev, dtype), w)
+
     @torch.no_grad()
     def reward(self, prompts: Any | Sequence[Any], responses: Sequence[Any], user: str | None = None,
                weights: Sequence[float] | None = None) -> list[float]:
         """One scalar reward per (prompt, response). A single prompt is broadcast over all
         responses. Give ``user`` (a known id) or explicit simplex ``weights``."""
-        responses = list(responses)
-        if isinstance(prompts, (str, os.PathLike)) or (prompts and isinstance(prompts, (list, tuple)) and not isinstance(prompts[0], (str, list, tuple))):
-            prompts = [prompts] * len(responses)  # a single text or a single vector
-        prompts = list(prompts)
-        if len(prompts) == 1 and len(responses) > 1:
-            prompts = prompts * len(responses)
-        if len(prompts) != len(responses):
-            raise PalMMError(f"got {len(prompts)} prompts for {len(responses)} responses")
-        from .embedding import encode_values
+        from .embedding import broadcast_inputs, encode_values
 
+        prompts, responses = broadcast_inputs(prompts, responses)
         self.eval()
         p = encode_values(self.encoder, prompts, "prompt")
         x = encode_values(self.encoder, responses, "item")
-        self._check_widths(p, x)
-        w = self._weights_for(len(responses), user, weights)
-        return self.head.reward(p, x, w).tolist()
+        return self.reward_embeddings(p, x, user=user, weights=weights).tolist()
 
     @torch.no_grad()
     def predict_preference(self, prompts, responses_a, responses_b, user: str | None = None,
@@ -115,13 +119,6 @@ class PALModel(nn.Module):
         ra = torch.tensor(self.reward(prompts, responses_a, user=user, weights=weights))
         rb = torch.tensor(self.reward(prompts, responses_b, user=user, weights=weights))
         return torch.sigmoid(ra - rb).tolist()
-
-    def _check_widths(self, p: torch.Tensor, x: torch.Tensor) -> None:
-        if p.shape[1] != self.config.prompt_dim or x.shape[1] != self.config.item_dim:
-            raise PalMMError(
-                f"inputs have widths prompt={p.shape[1]}, item={x.shape[1]}; this model takes "
-                f"prompt={self.config.prompt_dim}, item={self.config.item_dim}"
-            )
 
     def num_learned_parameters(self) -> int:
         """Parameters PAL learns (heads + user table), encoder excluded unless fine-tuned."""
@@ -132,21 +129,8 @@ class PALModel(nn.Module):
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write config.json, model.safetensors, users.json and README.md atomically: the files
         go to a temporary folder next to the target, which then replaces it."""
-        target = Path(save_directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with output_dir(save_directory) as tmp:
             self.write_files(tmp)
-            if target.exists():
-                old = target.with_name(f".{target.name}.old-{os.getpid()}")
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def write_files(self, directory: Path) -> None:
         """Write the model files into an existing directory (no atomicity; see save_pretrained)."""

@@ -91,7 +91,7 @@ def model_card(model) -> str:
 def personal_model_card(cfg: dict, c) -> str:
     """The card of an exported one-user reward model (``pal_mm.export``): ``cfg`` is its
     config.json content, ``c`` its PALConfig."""
-    from .export import describe_mixture
+    from .mixture import describe_mixture
 
     enc, mixture, source = cfg["encoder"], cfg["mixture"], cfg.get("source_model", {})
     image = enc.get("item_modality") == "image"

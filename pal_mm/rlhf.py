@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from .convert import flatten_conversation, is_conversation, last_assistant_text
 from .errors import PalMMError
-from .export import PersonalRewardModel, check_simplex, load_reward_model
+from .export import PersonalRewardModel, load_reward_model
+from .mixture import check_simplex
 from .model import PALModel
 
 
@@ -149,9 +150,7 @@ class RewardFunction:
         m.eval()
         p = encode_values(m.encoder, prompts, "prompt")
         x = encode_values(m.encoder, completions, "item")
-        m._check_widths(p, x)
-        w = m.head.user_weights(m.user_index(users))
-        return m.head.reward(p, x, w).tolist()
+        return m.reward_embeddings(p, x, users=users).tolist()
 
 
 def as_reward_function(model_or_path, user: str | None = None, weights: Sequence[float] | None = None, batch_size: int = 32,
@@ -329,10 +328,7 @@ def score_pixels(model, prompts: str | Sequence[str], pixels: torch.Tensor, user
             if user is not None or weights is not None:
                 raise PalMMError(f"this reward model was exported for {model.describe()}; it takes no other user or weights")
             return model.reward_embeddings(p, x)
-        model._check_widths(p, x)
-        head_device = next(model.head.parameters()).device
-        w = model._weights_for(n, user, weights).to(head_device)
-        return model.head.reward(p.to(head_device), x.to(head_device), w)
+        return model.reward_embeddings(p, x, user=user, weights=weights)
     finally:
         model.train(was)
 

@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 
 from accelerate.tracking import GeneralTracker
 
+from .atomic import write_text
 from .errors import PalMMError
 
 
@@ -36,13 +38,11 @@ class CSVTracker(GeneralTracker):
     def log(self, values: dict, step: int | None = None, **kwargs):
         self.rows.append({"step": step, **values})
         columns = list(dict.fromkeys(k for row in self.rows for k in row))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, self.path)
+        buf = io.StringIO(newline="")
+        writer = csv.DictWriter(buf, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text(self.path, buf.getvalue())
 
 
 def make_trackers(report_to: str | None, logging_dir: str | os.PathLike | None):

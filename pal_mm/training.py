@@ -13,8 +13,9 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from accelerate import Accelerator
@@ -48,6 +49,7 @@ class TrainConfig:
     lr_encoder: float = 1e-5  # only when the encoder is fine-tuned
     weight_decay: float = 0.01  # projectors only (decoupled, AdamW)
     patience: int = 5  # epochs without val-loss improvement before stopping; 0 = never stop early
+    restarts: int = 1  # initialisations (seeds seed, seed+1, ...); the one with the lowest val loss is kept
     seed: int = 0
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (accelerate)
     cpu: bool = False  # force CPU even when a GPU is present
@@ -124,6 +126,44 @@ def mixture_mass(model: PALModel) -> dict:
     return {f"mixture_mass_{k}": round(float(v), 6) for k, v in enumerate(w)}
 
 
+class BestEpoch:
+    """Tracks the epoch with the lowest validation loss (its state is kept) and says when
+    ``patience`` epochs without improvement have passed (``patience=0``: never)."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.val_loss = float("inf")
+        self.epoch = 0
+        self.state: dict | None = None
+        self.bad_epochs = 0
+
+    def update(self, record: dict, snapshot: Callable[[], dict]) -> bool:
+        """Take one epoch's record; ``snapshot()`` is called when it is the best so far. Returns
+        True when training should stop."""
+        if "val_loss" not in record:
+            return False
+        if record["val_loss"] < self.val_loss - 1e-6:
+            self.val_loss, self.epoch, self.state, self.bad_epochs = record["val_loss"], record["epoch"], snapshot(), 0
+            return False
+        self.bad_epochs += 1
+        return bool(self.patience) and self.bad_epochs >= self.patience
+
+    def metrics(self, history: list[dict]) -> dict:
+        """``best_epoch``, ``epochs_run`` and, with validation data, the best val loss/accuracy."""
+        out = {"best_epoch": self.epoch or len(history), "epochs_run": len(history)}
+        if self.state is not None:
+            out.update(val_loss=round(self.val_loss, 6), val_accuracy=round(history[self.epoch - 1]["val_accuracy"], 6))
+        return out
+
+
+def write_record(record: dict, metrics_file, bar) -> None:
+    """One epoch's record: a line of metrics.jsonl (when a file is open) and the progress bar."""
+    if metrics_file:
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+    bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("train_loss", "val_loss", "val_accuracy")})
+
+
 def fit(
     train: PreferenceData | EncodedPairs,
     val: PreferenceData | EncodedPairs | None,
@@ -137,11 +177,11 @@ def fit(
     """Train a PAL model on seen users and return it with the best-validation weights.
 
     ``train``/``val`` may be raw :class:`PreferenceData` (encoded here, through ``cache``) or
-    already-encoded :class:`EncodedPairs` (experiments encode once and train many heads)."""
-    config = copy.deepcopy(config or PALConfig())
+    already-encoded :class:`EncodedPairs` (experiments encode once and train many heads).
+    With ``train_config.restarts > 1`` the head is trained from that many initialisations
+    (seeds ``seed``, ``seed + 1``, ...) and the one with the lowest validation loss is returned
+    (mixtures of prototypes can settle in a poor split; a restart is the usual cure)."""
     tc = train_config or TrainConfig()
-    config.init_seed = tc.seed
-    set_seed(tc.seed)
     if isinstance(train, PreferenceData):
         user_groups = user_groups or train.user_groups()
         train = encode_data(encoder, train, cache)
@@ -149,6 +189,29 @@ def fit(
         val = encode_data(encoder, val, cache)
     if len(train) == 0:
         raise PalMMError("no training pairs")
+    if tc.restarts < 1:
+        raise PalMMError(f"restarts must be >= 1, got {tc.restarts}")
+    if tc.restarts > 1 and (val is None or len(val) == 0):
+        raise PalMMError("restarts > 1 needs validation data to choose between the initialisations")
+    best, tried = None, []
+    for r in range(tc.restarts):
+        model = _fit_once(train, val, encoder, config, replace(tc, seed=tc.seed + r), metrics_path, user_groups,
+                          restart=r if tc.restarts > 1 else None)
+        tried.append({k: model.metrics.get(k) for k in ("val_loss", "val_accuracy", "best_epoch", "epochs_run")} | {"seed": tc.seed + r})
+        if best is None or model.metrics["val_loss"] < best.metrics["val_loss"]:
+            best = model
+    if tc.restarts > 1:
+        best.metrics["restarts"] = tried
+    best.train_config = asdict(tc)
+    return best
+
+
+def _fit_once(train: EncodedPairs, val: EncodedPairs | None, encoder: Encoder, config: PALConfig | None, tc: TrainConfig,
+              metrics_path: str | Path | None, user_groups: dict | None, restart: int | None = None) -> PALModel:
+    """One training run from the initialisation of ``tc.seed`` (``restart``: its index, logged)."""
+    config = copy.deepcopy(config or PALConfig())
+    config.init_seed = tc.seed
+    set_seed(tc.seed)
     model = build_model(train, encoder, config, user_groups)
     if val is not None:
         unknown = sorted(set(val.user_ids) - set(model.users))
@@ -171,10 +234,10 @@ def fit(
     core = accelerator.unwrap_model(model)
     metrics_file = open(metrics_path, "a") if metrics_path else None
 
-    best = {"val_loss": float("inf"), "epoch": 0, "state": None}
+    best = BestEpoch(tc.patience)
     history = []
-    bad_epochs = 0
-    bar = tqdm(range(1, tc.epochs + 1), desc=f"train {config.model_type} K={config.k}", disable=not tc.progress or not accelerator.is_main_process)
+    desc = f"train {config.model_type} K={config.k}" + ("" if restart is None else f" (restart {restart})")
+    bar = tqdm(range(1, tc.epochs + 1), desc=desc, disable=not tc.progress or not accelerator.is_main_process)
     for epoch in bar:
         model.train()
         t0, total, count = time.perf_counter(), 0.0, 0
@@ -186,8 +249,9 @@ def fit(
             optimizer.step()
             total += loss.item() * len(uidx)
             count += len(uidx)
-        record = {"epoch": epoch, "train_loss": total / max(count, 1), "epoch_seconds": round(time.perf_counter() - t0, 4),
-                  "train_pairs_per_s": round(count / max(time.perf_counter() - t0, 1e-9), 1)}
+        seconds = time.perf_counter() - t0
+        record = {"epoch": epoch, **({} if restart is None else {"restart": restart}), "train_loss": total / max(count, 1),
+                  "epoch_seconds": round(seconds, 4), "train_pairs_per_s": round(count / max(seconds, 1e-9), 1)}
         if config.model_type == "pal-b":
             record["logit_scale"] = float(core.head.scale().detach())
         record.update(mixture_mass(core))
@@ -195,27 +259,16 @@ def fit(
             record.update(validation_metrics(core, val))
         history.append(record)
         accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
-        if metrics_file and accelerator.is_main_process:
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
-        bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("train_loss", "val_loss", "val_accuracy")})
-        if "val_loss" in record:
-            if record["val_loss"] < best["val_loss"] - 1e-6:
-                best = {"val_loss": record["val_loss"], "epoch": epoch, "state": copy.deepcopy(core.state_dict())}
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
-                if tc.patience and bad_epochs >= tc.patience:
-                    break
+        write_record(record, metrics_file if accelerator.is_main_process else None, bar)
+        if best.update(record, lambda: copy.deepcopy(core.state_dict())):
+            break
     if metrics_file:
         metrics_file.close()
     accelerator.end_training()
-    if best["state"] is not None:
-        core.load_state_dict(best["state"])
+    if best.state is not None:
+        core.load_state_dict(best.state)
     core = core.cpu().eval()
-    core.metrics = {"best_epoch": best["epoch"] or len(history), "epochs_run": len(history)}
-    if best["state"] is not None:
-        core.metrics.update(val_loss=round(best["val_loss"], 6), val_accuracy=round(history[best["epoch"] - 1]["val_accuracy"], 6))
+    core.metrics = best.metrics(history)
     core.data_info = {"train_pairs": len(train), "seen_users": len(core.users)}
     core.train_config = asdict(tc)
     core.history = history

@@ -1,6 +1,7 @@
 """Training on ground-truth data, determinism, save/load, adapt, evaluation."""
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -109,6 +110,42 @@ def test_reward_api(pal_b, data):
         pal_b.reward(t.prompts[0], [t.chosen[0]], weights=[0.7, 0.7])
     with pytest.raises(PalMMError, match="exactly one"):
         pal_b.reward(t.prompts[0], [t.chosen[0]])
+
+
+def test_reward_embeddings_per_row_users(pal_b, data):
+    """Scoring many users at once (per-row ids) equals scoring each user on its own."""
+    from pal_mm.embedding import encode_data
+
+    full = data["test"]
+    first = {}
+    for i, u in enumerate(full.user_ids):
+        first.setdefault(u, []).append(i)
+    t = full.subset([i for rows in list(first.values())[:4] for i in rows[:3]])  # 4 users x 3 rows
+    enc = encode_data(pal_b.encoder, t)
+    with torch.no_grad():
+        together = pal_b.reward_embeddings(enc.prompt, enc.chosen, users=t.user_ids)
+        alone = [pal_b.reward_embeddings(enc.prompt[i : i + 1], enc.chosen[i : i + 1], user=u)[0] for i, u in enumerate(t.user_ids)]
+    assert torch.allclose(together, torch.stack(alone), atol=1e-6)
+    assert len(set(t.user_ids)) > 1
+    with pytest.raises(PalMMError, match="user ids for 12 rows"):
+        pal_b.reward_embeddings(enc.prompt, enc.chosen, users=t.user_ids[:3])
+    with pytest.raises(PalMMError, match="widths"):
+        pal_b.reward_embeddings(enc.prompt, enc.chosen[:, :3], users=t.user_ids)
+
+
+def test_restarts_keep_the_lowest_validation_loss(data):
+    enc = create_encoder("precomputed")
+    tc = TrainConfig(epochs=2, progress=False, seed=5)
+    single = [fit(data["train"], data["val"], enc, PALConfig(k=2), dataclasses.replace(tc, seed=s)) for s in (5, 6, 7)]
+    best = min(single, key=lambda m: m.metrics["val_loss"])
+    m = fit(data["train"], data["val"], enc, PALConfig(k=2), dataclasses.replace(tc, restarts=3))
+    assert [r["seed"] for r in m.metrics["restarts"]] == [5, 6, 7]
+    assert [r["val_loss"] for r in m.metrics["restarts"]] == [s.metrics["val_loss"] for s in single]
+    assert m.metrics["val_loss"] == best.metrics["val_loss"]
+    for (ka, va), (kb, vb) in zip(m.state_dict().items(), best.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb), ka
+    with pytest.raises(PalMMError, match="needs validation data"):
+        fit(data["train"], None, enc, PALConfig(k=2), dataclasses.replace(tc, restarts=2))
 
 
 def test_adapt_fits_new_users_without_moving_seen_users(pal_b, data):

@@ -46,6 +46,7 @@ for _p in (ROOT, HERE):  # data_scripts is not an installed package; t2i_report.
 
 from encoders.precomputed import PrecomputedEncoder  # noqa: E402
 from pal_mm.adaptation import AdaptConfig, adapt  # noqa: E402
+from pal_mm.atomic import write_json  # noqa: E402
 from pal_mm.data import PreferenceData  # noqa: E402
 from pal_mm.embedding import EncodedPairs, check_modalities, encode_values  # noqa: E402
 from pal_mm.evaluation import evaluate  # noqa: E402
@@ -174,8 +175,10 @@ def head_config(cfg: dict, method: str) -> PALConfig:
 
 
 def train_config(cfg: dict, method: str, seed: int) -> TrainConfig:
-    """The shared ``train`` settings, updated by the method's own ``train`` entry."""
-    return TrainConfig(**{**cfg["train"], **cfg["methods"][method].get("train", {}), "seed": seed, "progress": False})
+    """The shared ``train`` settings, updated by the method's own ``train`` entry; ``restarts``
+    initialisations (seeds seed, seed+1, ...), the one with the lowest seen_val loss kept by ``fit``."""
+    return TrainConfig(**{**cfg["train"], **cfg["methods"][method].get("train", {}), "seed": seed, "progress": False,
+                          "restarts": int(cfg.get("restarts", 1))})
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -199,14 +202,9 @@ def run_task(beta: float, method: str, seed: int) -> dict:
     # the embeddings are precomputed; the model's encoder is only a placeholder of the right widths
     encoder = PrecomputedEncoder(prompt_dim=tables.prompts.shape[1], item_dim=tables.items.shape[1])
     train, val = tables.pairs(beta, "seen_train"), tables.pairs(beta, "seen_val")
-    model, restarts = None, []
-    for r in range(int(cfg.get("restarts", 1))):  # keep the initialisation with the lowest val loss
-        candidate = fit(train, val, encoder, head_config(cfg, method), train_config(cfg, method, seed * 1000 + r),
-                        user_groups=groups)
-        restarts.append({"val_loss": candidate.metrics["val_loss"], "val_accuracy": candidate.metrics["val_accuracy"],
-                         "best_epoch": candidate.metrics["best_epoch"], "epochs_run": candidate.metrics["epochs_run"]})
-        if model is None or candidate.metrics["val_loss"] < model.metrics["val_loss"]:
-            model = candidate
+    model = fit(train, val, encoder, head_config(cfg, method), train_config(cfg, method, seed * 1000), user_groups=groups)
+    restarts = model.metrics.get("restarts") or [
+        {k: model.metrics[k] for k in ("val_loss", "val_accuracy", "best_epoch", "epochs_run")} | {"seed": seed * 1000}]
     m = evaluate(model, tables.pairs(beta, "seen_test"), groups=groups)
     out = {"beta": beta, "method": method, "seed": seed, "accuracy": m["accuracy"],
            "val_accuracy": model.metrics.get("val_accuracy"), "best_epoch": model.metrics["best_epoch"],
@@ -330,9 +328,7 @@ def run_experiment(cfg: dict, args: argparse.Namespace, log=print) -> dict:
 def write_outputs(out: Path, results: dict, details: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, obj in (("results.json", results), ("details.json", details)):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-        os.replace(tmp, out / name)
+        write_json(out / name, obj)
     plot_all(out, results, details)
     (out / "results.md").write_text(results_markdown(results, details))
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import yaml
 
+from ..atomic import output_dir, write_json
 from ..errors import PalMMError
 
 INTERNAL = {"_run", "command", "config"}
@@ -119,16 +118,8 @@ def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterat
     target = Path(out)
     if target.exists() and not overwrite:
         raise PalMMError(f"{target}: output directory exists (pass --overwrite to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with output_dir(target) as tmp:
         yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_run_config(directory: Path, args: argparse.Namespace) -> None:
@@ -136,10 +127,4 @@ def write_run_config(directory: Path, args: argparse.Namespace) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    import json
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_json(path, obj)

@@ -34,6 +34,8 @@ def add_parser(sub):
     o.add_argument("--weight-decay", type=float, default=d.weight_decay)
     o.add_argument("--patience", type=int, default=d.patience, help="early-stopping patience in epochs (0: off)")
     o.add_argument("--seed", type=int, default=d.seed)
+    o.add_argument("--restarts", type=int, default=d.restarts,
+                   help="train from this many initialisations (seeds seed, seed+1, ...) and keep the lowest val loss (needs --val)")
     o.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     o.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -55,7 +57,7 @@ def run(args) -> int:
                        prototype_projector=args.prototype_projector, normalize_inputs=not args.no_normalize)
     tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr_projector=args.lr_projector,
                      lr_prototypes=args.lr_prototypes, lr_users=args.lr_users, lr_logit_scale=args.lr_logit_scale,
-                     weight_decay=args.weight_decay, patience=args.patience, seed=args.seed,
+                     weight_decay=args.weight_decay, patience=args.patience, seed=args.seed, restarts=args.restarts,
                      mixed_precision=args.mixed_precision, cpu=args.cpu, progress=not args.quiet, lr_encoder=args.lr_encoder,
                      report_to=args.report_to)
     finetune = args.finetune_encoder or args.train_layers is not None or args.token_level
