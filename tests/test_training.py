@@ -181,3 +181,31 @@ def test_evaluate_counts_ties_and_groups(pal_b, data):
     assert m["accuracy"] == pytest.approx(m["n_correct"] / 9)
     assert set(m["per_group"]) <= {"proto0", "proto1"}
     assert sum(u["n_pairs"] for u in m["per_user"].values()) == 10
+
+
+@pytest.mark.parametrize("model_type", ["pal-a", "pal-b"])
+def test_reduced_adapt_objective_equals_the_direct_one(data, model_type):
+    """adapt's O(K^2)-per-pair objective == mean over each user's pairs of head.loss(head.margin)."""
+    from pal_mm.adaptation import user_objective
+    from pal_mm.embedding import encode_data
+
+    model = fit(data["train"], data["val"], create_encoder("precomputed"), PALConfig(model_type=model_type, k=3),
+                TrainConfig(epochs=2, progress=False))
+    new = data["new"]
+    # users with different numbers of pairs (PAL-A stacks users by count)
+    keep, seen = [], {}
+    for i, u in enumerate(new.user_ids):
+        seen[u] = seen.get(u, 0) + 1
+        if seen[u] <= 2 + len(seen) % 3:
+            keep.append(i)
+    pairs = encode_data(model.encoder, new.subset(keep))
+    users = list(dict.fromkeys(pairs.user_ids))
+    uidx = torch.as_tensor([users.index(u) for u in pairs.user_ids])
+    logits = torch.randn(len(users), 3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reduced = user_objective(model.head, pairs, uidx, len(users))(logits)
+        w = torch.softmax(logits, dim=-1)[uidx]
+        per_pair = model.head.loss(model.head.margin(pairs.prompt, pairs.chosen, pairs.rejected, w), reduction="none")
+        direct = torch.stack([per_pair[uidx == i].mean() for i in range(len(users))])
+    assert len({int(c) for c in torch.bincount(uidx)}) > 1
+    assert torch.allclose(reduced, direct, atol=1e-5, rtol=1e-5)

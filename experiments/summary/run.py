@@ -337,118 +337,38 @@ def run_encoder(enc_name: str, cfg: dict, data: dict[str, PreferenceData], encod
 
 class FrozenScorer:
     """Margins of unseen-user pairs for any user logits, with the frozen parts of a trained head
-    computed once for all pairs (item points f(x); PAL-B's prototype points g_k(prompt)).
-
-    PAL-B in reduced form: with u = sum_k w_k g_k(p), the score cos(u, f(x)) needs only the K
-    inner products <g_k(p), f(x)>, the K x K Gram matrix <g_k(p), g_l(p)> and |f(x)|, so a step
-    of the user-logit fit costs O(K^2) per pair instead of O(K d). PAL-A: distances expanded,
-    x.a as batched matrix-vector products (:meth:`_pal_a_loss_fn`). Same loss, optimiser, init
-    and step count as ``pal_mm.adaptation.fit_user_logits``; :func:`check_fast_path` compares
-    both (and ``adapt`` + ``evaluate``) on one split every run. The single RM has no user state
-    and goes through the library's ``fit_user_logits``."""
+    (item points f(x); PAL-B's prototype points g_k(prompt)) computed once for all pairs, so the
+    many (n, seed) blocks are scored without re-running the projectors. The new users' logits
+    are fitted by the library (``pal_mm.adaptation.fit_user_logits``); :func:`check_fast_path`
+    compares this scoring with ``adapt`` + ``evaluate`` on one split every run."""
 
     def __init__(self, model, pairs: EncodedPairs):
         self.model, self.head, self.pairs = model, model.head, pairs
         self.kind = model.config.model_type
         self.head.eval()
         with torch.no_grad():
-            item_c = self.head.item_embedding(pairs.prompt, pairs.chosen)
-            item_r = self.head.item_embedding(pairs.prompt, pairs.rejected)
-            if self.kind == "pal-b":
-                protos = self.head.prototypes(pairs.prompt)  # (n, K, d)
-                self.dot_c = torch.einsum("nkd,nd->nk", protos, item_c)
-                self.dot_r = torch.einsum("nkd,nd->nk", protos, item_r)
-                self.gram = torch.einsum("nkd,nld->nkl", protos, protos)
-                self.norm_c = item_c.norm(dim=-1)
-                self.norm_r = item_r.norm(dim=-1)
-            else:
-                self.item_c, self.item_r = item_c, item_r
-                self.sq_c, self.sq_r = item_c.pow(2).sum(-1), item_r.pow(2).sum(-1)
-
-    def _margins(self, idx: torch.Tensor, user_rows: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        w = torch.softmax(logits, dim=-1)
-        if self.kind == "pal-b":
-            wr = w[user_rows]
-            norm_u = torch.einsum("bk,bkl,bl->b", wr, self.gram[idx], wr).clamp_min(0).sqrt()
-            cos_c = (wr * self.dot_c[idx]).sum(-1) / (norm_u * self.norm_c[idx]).clamp_min(1e-8)
-            cos_r = (wr * self.dot_r[idx]).sum(-1) / (norm_u * self.norm_r[idx]).clamp_min(1e-8)
-            return self.head.scale() * (cos_c - cos_r)
-        if self.kind == "pal-a":
-            ideal = self.head.ideal_point(None, w)[user_rows]  # f(w^T P), once per user
-        else:
-            ideal = self.head.ideal_point(None, w[user_rows])
-        return self.head.score(ideal, self.item_c[idx]) - self.head.score(ideal, self.item_r[idx])
+            self.item_c = self.head.item_embedding(pairs.prompt, pairs.chosen)
+            self.item_r = self.head.item_embedding(pairs.prompt, pairs.rejected)
+            self.protos = self.head.prototypes(pairs.prompt) if self.kind == "pal-b" else None  # (n, K, d)
 
     @torch.no_grad()
     def margins(self, idx: torch.Tensor, user_rows: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """(m,) margins of pairs ``idx`` whose users have rows ``user_rows`` in ``logits``."""
-        return self._margins(idx, user_rows, logits)
+        w = torch.softmax(logits, dim=-1)
+        if self.kind == "pal-a":
+            ideal = self.head.ideal_point(None, w)[user_rows]  # f(w^T P), once per user
+        else:
+            ideal = self.head.ideal_point(None, w[user_rows], protos=None if self.protos is None else self.protos[idx])
+        return self.head.score(ideal, self.item_c[idx]) - self.head.score(ideal, self.item_r[idx])
 
     def fit_logits(self, rows: list[int], user_ids: list[str], cfg: AdaptConfig) -> tuple[list[str], torch.Tensor]:
         """Fit new users' logits on pairs ``rows`` (users named by ``user_ids``, one per row).
         Returns (users, (n_users, K) logits)."""
         users = list(dict.fromkeys(user_ids))
         t = torch.as_tensor(rows, dtype=torch.long)
-        if self.kind == "single-rm":  # no user state: the library returns the initial logits
-            p = self.pairs
-            fit_pairs = EncodedPairs(p.prompt[t], p.chosen[t], p.rejected[t], list(user_ids))
-            return users, fit_user_logits(self.model, fit_pairs, users, cfg)
-        index = {u: i for i, u in enumerate(users)}
-        uidx = torch.as_tensor([index[u] for u in user_ids], dtype=torch.long)
-        counts = torch.bincount(uidx, minlength=len(users)).float()
-        k = self.model.config.k
-        gen = torch.Generator().manual_seed(cfg.seed)
-        init = torch.randn(len(users), k, generator=gen) if cfg.init == "random" else torch.zeros(len(users), k)
-        logits = init.clone().requires_grad_(True)
-        opt = torch.optim.Adam([logits], lr=cfg.lr)
-        if self.kind == "pal-a":
-            per_user_loss = self._pal_a_loss_fn(t, uidx, len(users))
-        else:
-            def per_user_loss(lg):
-                per_pair = self.head.loss(self._margins(t, uidx, lg), reduction="none")
-                return torch.zeros(len(users)).index_add(0, uidx, per_pair) / counts
-        frozen = [q for q in self.head.parameters() if q.requires_grad]
-        for q in frozen:
-            q.requires_grad_(False)
-        try:
-            for _ in range(cfg.steps):  # the loop of pal_mm.adaptation._optimise
-                loss = per_user_loss(logits).sum() + cfg.l2 * logits.pow(2).sum()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        finally:
-            for q in frozen:
-                q.requires_grad_(True)
-        return users, logits.detach()
-
-    def _pal_a_loss_fn(self, t: torch.Tensor, uidx: torch.Tensor, n_users: int):
-        """PAL-A per-user mean loss with the distances expanded as |x|^2 - 2 x.a + |a|^2: users
-        with the same number of pairs are stacked, so x.a is one batched matrix-vector product
-        per group (no (pairs, d) temporaries per step, which dominate the library's step)."""
-        by_user: dict[int, list[int]] = defaultdict(list)
-        for pos, u in enumerate(uidx.tolist()):
-            by_user[u].append(int(t[pos]))
-        by_count: dict[int, list[int]] = defaultdict(list)
-        for u, r in by_user.items():
-            by_count[len(r)].append(u)
-        groups = []
-        for c, us in by_count.items():
-            R = torch.as_tensor([by_user[u] for u in us], dtype=torch.long)  # (users, c)
-            groups.append((torch.as_tensor(us, dtype=torch.long), self.item_c[R], self.item_r[R], self.sq_c[R], self.sq_r[R]))
-
-        def per_user_loss(lg: torch.Tensor) -> torch.Tensor:
-            ideal = self.head.ideal_point(None, torch.softmax(lg, dim=-1))  # (users, d): f(w^T P)
-            out = torch.zeros(n_users)
-            for us, xc, xr, sqc, sqr in groups:
-                a = ideal[us]
-                aa = a.pow(2).sum(-1, keepdim=True)
-                dist_c = (sqc - 2 * torch.einsum("ucd,ud->uc", xc, a) + aa).clamp_min(1e-12).sqrt()
-                dist_r = (sqr - 2 * torch.einsum("ucd,ud->uc", xr, a) + aa).clamp_min(1e-12).sqrt()
-                per_pair = self.head.loss(dist_r - dist_c, reduction="none")  # margin = score_c - score_r
-                out = out.index_add(0, us, per_pair.mean(1))
-            return out
-
-        return per_user_loss
+        p = self.pairs
+        fit_pairs = EncodedPairs(p.prompt[t], p.chosen[t], p.rejected[t], list(user_ids))
+        return users, fit_user_logits(self.model, fit_pairs, users, cfg)
 
 
 def accuracy(margins: torch.Tensor) -> float:
@@ -518,32 +438,11 @@ def unseen_curve(enc_name, method, models, pairs: EncodedPairs, groups: dict, uc
     return curve, dict(by_group), {"fast_path_check": check, "per_seed": per_seed}
 
 
-@torch.no_grad()
-def library_objective(model, pairs: EncodedPairs, users: list[str], logits: torch.Tensor) -> float:
-    """Sum over users of their mean adapt loss, computed the way ``pal_mm.adaptation`` does."""
-    head = model.head
-    index = {u: i for i, u in enumerate(users)}
-    uidx = torch.as_tensor([index[u] for u in pairs.user_ids], dtype=torch.long)
-    w = torch.softmax(logits, dim=-1)
-    if model.config.model_type == "pal-a":
-        ideal = head.ideal_point(None, w)[uidx]
-    else:
-        protos = head.prototypes(pairs.prompt) if model.config.model_type == "pal-b" else None
-        ideal = head.ideal_point(None, w[uidx], protos=protos)
-    margin = head.score(ideal, head.item_embedding(pairs.prompt, pairs.chosen)) - head.score(ideal, head.item_embedding(pairs.prompt, pairs.rejected))
-    per_pair = head.loss(margin, reduction="none")
-    counts = torch.bincount(uidx, minlength=len(users)).float()
-    return float((torch.zeros(len(users)).index_add(0, uidx, per_pair) / counts).sum())
-
-
 def check_fast_path(enc_name, method, scorer: FrozenScorer, pairs: EncodedPairs, block, groups, acfg) -> dict:
-    """One (n, seed) block through the library path (``adapt`` a copy, ``evaluate``) and the
-    fast path (``FrozenScorer``). They must reach the same adapt objective and accuracy.
-
-    Exact equality of the logits is not expected for PAL-A: its hinge loss has flat regions where
-    Adam turns float rounding noise into steps, so a few users end at different points of similar
-    loss, either path lower (measured on 1,085 user-splits: 2 % of users differ, objective totals
-    233.06 library vs 233.77 fast; on one 31-user split 1.085 library vs 1.004 fast)."""
+    """One (n, seed) block through the library path (``adapt`` a copy of the model, ``evaluate``)
+    and this script's path (``fit_user_logits`` on the block, ``FrozenScorer.margins``). Both fit
+    with the same library function, so the weights must agree and so must the accuracies (up to
+    float rounding in the scoring)."""
     n, _, fit_idx, test_idx = block
     fit_pairs, test_pairs = pairs.subset(fit_idx), pairs.subset(test_idx)
     users, logits = scorer.fit_logits(fit_idx, fit_pairs.user_ids, acfg)
@@ -554,20 +453,11 @@ def check_fast_path(enc_name, method, scorer: FrozenScorer, pairs: EncodedPairs,
     adapt(ref, fit_pairs, acfg, user_groups=groups)
     lib = evaluate(ref, test_pairs)["accuracy"]
     lib_logits = ref.head.user_logits.detach()[ref.user_index(users)]
-    obj_fast = library_objective(scorer.model, fit_pairs, users, logits)
-    obj_lib = library_objective(scorer.model, fit_pairs, users, lib_logits)
-    out = {"n": n, "users": len(users), "accuracy_fast": fast, "accuracy_library": lib, "objective_fast": obj_fast,
-           "objective_library": obj_lib,
-           "max_weight_diff": float((torch.softmax(lib_logits, -1) - torch.softmax(logits, -1)).abs().max()) if len(users) else 0.0}
-    # a wrong formula shows as a clearly worse objective (as the library computes it) or accuracy;
-    # a lower objective only means this run's Adam path ended lower (see the docstring)
-    gross = abs(lib - fast) > 0.03 or obj_fast > 1.5 * obj_lib + 0.01 * len(users)
-    mild = abs(lib - fast) > 0.01 or obj_fast > 1.05 * obj_lib + 0.002 * len(users)
-    out["status"] = "FAILED" if gross else "warning" if mild else "ok"
-    if gross:
-        raise RuntimeError(f"{enc_name} {method} n={n}: fast path disagrees with adapt + evaluate: {out}")
-    if mild:
-        log(f"WARNING {enc_name} {method} n={n}: fast path and adapt + evaluate differ more than expected: {out}")
+    weight_diff = float((torch.softmax(lib_logits, -1) - torch.softmax(logits, -1)).abs().max()) if len(users) else 0.0
+    out = {"n": n, "users": len(users), "accuracy_fast": fast, "accuracy_library": lib, "max_weight_diff": weight_diff}
+    out["status"] = "ok" if abs(lib - fast) <= 0.002 and weight_diff <= 1e-5 else "FAILED"
+    if out["status"] == "FAILED":
+        raise RuntimeError(f"{enc_name} {method} n={n}: scoring disagrees with adapt + evaluate: {out}")
     return out
 
 
@@ -749,10 +639,11 @@ def results_markdown(out: dict, details: dict) -> str:
                                 steps=cfg["unseen"]["adapt"].get("steps", 300)))
     checks = [(e, m, c) for e, d in details["by_encoder"].items() for m, c in d.get("fast_path_check", {}).items() if c]
     if checks:
-        L.append("Unseen-user fits use an exact reduced form of the adapt loss (README: \"the fast path\"), checked each run "
-                 "on one split per method against `adapt` + `evaluate` (accuracy fast / library, adapt objective fast / library): "
+        L.append("Unseen-user fits: all (n, seed) splits of a model in one call of the library's `fit_user_logits`, scored "
+                 "from precomputed item and prototype points; checked each run on one split per method against `adapt` + "
+                 "`evaluate` (accuracy here / library, largest weight difference): "
                  + "; ".join(f"{e} {m} n={c['n']}: {pct(c['accuracy_fast'])} / {pct(c['accuracy_library'])}, "
-                             f"{c['objective_fast']:.3f} / {c['objective_library']:.3f}"
+                             f"{c['max_weight_diff']:.1e}"
                              + (f" **{c['status']}**" if c.get("status", "ok") != "ok" else "") for e, m, c in checks) + ".\n")
     L.append("Plots: `sample_efficiency.png` (unseen accuracy vs n, ± 1 std bands), `seen_groups.png` (seen accuracy per group).")
     return "\n".join(L) + "\n"
