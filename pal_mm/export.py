@@ -47,7 +47,7 @@ from .errors import PalMMError
 from .embedding import broadcast_inputs
 from .heads import PALConfig, PALHead
 from .mixture import check_simplex, describe_mixture, resolve_mixture
-from .model import CONFIG_NAME, ENCODER_WEIGHTS_NAME, USERS_NAME, WEIGHTS_NAME, PALModel, _load_tensors, _resolve_model_dir
+from .model import CONFIG_NAME, ENCODER_WEIGHTS_NAME, USERS_NAME, WEIGHTS_NAME, PALModel, _load_tensors, _resolve_model_dir, read_config
 
 FORMAT = "personal-reward-model"
 FORMAT_VERSION = 1
@@ -356,13 +356,7 @@ def validate_config(config: dict) -> dict:
 
 def read_export_config(directory: str | os.PathLike) -> dict:
     directory = Path(directory)
-    file = directory / CONFIG_NAME
-    if not file.is_file():
-        raise PalMMError(f"{directory}: not a model directory (no {CONFIG_NAME})")
-    try:
-        cfg = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise PalMMError(f"{file}: invalid JSON ({e.msg})") from None
+    cfg = read_config(directory, "model directory")
     if not isinstance(cfg, dict) or cfg.get("pal_mm_format") != FORMAT:
         hint = " (a full PAL model: load it with PALModel.from_pretrained, or export it with `pal-mm export`)" \
             if isinstance(cfg, dict) and "head" in cfg and (directory / USERS_NAME).is_file() else ""
@@ -421,13 +415,7 @@ def build_config(head_config: PALConfig, encoder_ref: dict, weights: torch.Tenso
 # ------------------------------------------------------------------------------------------
 def _read_pal_dir(directory: Path) -> dict:
     """A PAL model directory without building its encoder: config, users, the loaded head."""
-    cfg_file = directory / CONFIG_NAME
-    if not cfg_file.is_file():
-        raise PalMMError(f"{directory}: not a pal-mm model directory (no {CONFIG_NAME})")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise PalMMError(f"{cfg_file}: invalid JSON ({e.msg})") from None
+    cfg = read_config(directory)
     if isinstance(cfg, dict) and cfg.get("pal_mm_format") == FORMAT:
         raise PalMMError(f"{directory}: already an exported one-user reward model ({describe_mixture(cfg.get('mixture', {}))}); "
                          "export from the full PAL model directory")

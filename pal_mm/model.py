@@ -159,11 +159,8 @@ class PALModel(nn.Module):
     def from_pretrained(cls, path: str | os.PathLike, encoder: Encoder | None = None) -> "PALModel":
         """Load a model directory (or a Hub repo id, downloaded with huggingface_hub)."""
         directory = _resolve_model_dir(path)
-        config_file = directory / CONFIG_NAME
-        if not config_file.is_file():
-            raise PalMMError(f"{directory}: not a pal-mm model directory (no {CONFIG_NAME})")
+        cfg = read_config(directory)
         try:
-            cfg = json.loads(config_file.read_text())
             head_cfg = PALConfig.from_dict(cfg["head"])
             enc_cfg = cfg["encoder"]
             users_blob = json.loads((directory / USERS_NAME).read_text())
@@ -184,6 +181,17 @@ class PALModel(nn.Module):
             model.encoder.load_state_dict(_load_tensors(directory / ENCODER_WEIGHTS_NAME, model.encoder.state_dict()))
         model.eval()
         return model
+
+
+def read_config(directory: Path, kind: str = "pal-mm model directory") -> Any:
+    """The parsed ``config.json`` of a model directory, or a one-line error naming the file."""
+    file = directory / CONFIG_NAME
+    if not file.is_file():
+        raise PalMMError(f"{directory}: not a {kind} (no {CONFIG_NAME})")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise PalMMError(f"{file}: corrupt model config (invalid JSON: {e.msg})") from None
 
 
 def _resolve_model_dir(path: str | os.PathLike) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from data_scripts.synthetic import make_pairs, make_population
 from pal_mm.data import write_jsonl
@@ -12,6 +13,17 @@ from pal_mm.data import write_jsonl
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own embedding cache and model cache folder."""
     monkeypatch.setenv("PAL_MM_CACHE", str(tmp_path_factory.mktemp("pal_mm_cache")))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from 2 threads, and OpenMP spin-waiting makes them up to ~40x
+    slower when the CPU is shared with other processes. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -20,14 +20,7 @@ from pal_mm.cli import main
 BUILTINS = ["precomputed", "hf-text", "minilm", "smollm2", "open-clip", "hf-clip", "effnet-minilm"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models gain little from 2 threads, and OpenMP spin-waiting makes them far slower
-    when the CPU is shared with other processes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

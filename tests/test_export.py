@@ -31,14 +31,7 @@ from pal_mm.rlhf import as_ddpo_reward_function, as_reward_function, score_pixel
 QUICK = ["--quiet", "--seed", "0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models gain nothing from 2 threads, and OpenMP spin-waiting makes them far slower
-    when the CPU is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----- a tiny image encoder (text: hashed bag of words; images: a fixed random projection) -----

@@ -17,14 +17,7 @@ LONG = ["a long and detailed summary of the whole post with every point",
         "i prefer long answers with details about the rocket launch"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from 2 threads, and OpenMP spin-waiting makes them ~40x slower
-    when the CPU is shared with other processes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from encoders.testing import build_tiny_hf_clip
@@ -26,13 +25,7 @@ PROMPT = "a red apple on a table"
 USERS = ("u_warm", "u_cool")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread avoids OpenMP spin-waiting on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tinted_images(directory: Path, count: int = 12) -> list[Path]:
