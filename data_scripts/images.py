@@ -23,8 +23,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
-from pal_mm.atomic import write_bytes as write_bytes_atomic
-from pal_mm.atomic import write_text as write_text_atomic
+from pal_mm.atomic import write_bytes, write_json
 from pal_mm.convert import image_suffix
 
 # --------------------------------------------------------------------------------------------
@@ -173,7 +172,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 def save_png_atomic(img: Image.Image, path: str | os.PathLike) -> str:
     """Save ``img`` as PNG at ``path`` atomically; returns the file's SHA-256."""
     data = png_bytes(img)
-    write_bytes_atomic(path, data)
+    write_bytes(path, data)
     return sha256_bytes(data)
 
 
@@ -229,7 +228,7 @@ class ImageStore:
             self._verified.add(name)
             self.reused += 1
             return name
-        write_bytes_atomic(self.directory / name, data)
+        write_bytes(self.directory / name, data)
         self.manifest[name] = digest
         self._verified.add(name)
         self.created += 1
@@ -250,4 +249,4 @@ class ImageStore:
         return removed
 
     def save_manifest(self) -> None:
-        write_text_atomic(self.directory / self.MANIFEST, json.dumps(self.manifest, indent=0, sort_keys=True) + "\n")
+        write_json(self.directory / self.MANIFEST, dict(sorted(self.manifest.items())), indent=0)

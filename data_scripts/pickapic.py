@@ -37,9 +37,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from pal_mm import atomic
+from pal_mm.atomic import write_json, write_jsonl
 
-from .images import ImageStore, png_bytes, write_text_atomic
+from .images import ImageStore, png_bytes
 
 DEFAULT_SOURCE = "yuvalkirstain/pickapic_v2"
 SPLIT_NAMES = ("seen_train", "seen_val", "seen_test")
@@ -202,11 +202,6 @@ def embed_rows(splits: dict[str, list[dict]], base_dir: Path, encoder) -> dict[s
     return out
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    """Write rows as JSON lines, atomically."""
-    atomic.write_jsonl(rows, path)
-
-
 def build(
     out: str | Path,
     source: str = DEFAULT_SOURCE,
@@ -246,7 +241,7 @@ def build(
             store.prune(used)
             store.save_manifest()
         for name, split_rows in splits.items():
-            write_jsonl(out / f"{name}.jsonl", split_rows)
+            write_jsonl(split_rows, out / f"{name}.jsonl")
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -266,7 +261,7 @@ def build(
         "encoder": encoder,
         **extra,
     }
-    write_text_atomic(out / "meta.json", json.dumps(meta, indent=2) + "\n")
+    write_json(out / "meta.json", meta)
     return meta
 
 

@@ -50,8 +50,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pal_mm.atomic import write_json, write_jsonl
+
 from . import pick_a_filter, pickapic
-from .images import ImageStore, add_noise, crop_zoom, gaussian_blur, jpeg_degrade, open_rgb, to_rgb, write_text_atomic
+from .images import ImageStore, add_noise, crop_zoom, gaussian_blur, jpeg_degrade, open_rgb, to_rgb
 
 DEFAULT_OUT = "data/t2i_default"
 BETAS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -304,7 +306,7 @@ def build(out: str | Path = DEFAULT_OUT, seed: int = 0, quick: bool = False, log
         splits = pickapic.split_seen([r for r in beta_rows if r["user_id"] in seen_set], seed)
         splits["unseen"] = [r for r in beta_rows if r["user_id"] not in seen_set]
         for name, split_rows in splits.items():
-            pickapic.write_jsonl(out / f"beta_{float(beta)}" / f"{name}.jsonl", rebase(split_rows, "../"))
+            write_jsonl(rebase(split_rows, "../"), out / f"beta_{float(beta)}" / f"{name}.jsonl")
         n_mod = sum(a["chosen"] != b["chosen"] or a["rejected"] != b["rejected"] for a, b in zip(rows, beta_rows))
         beta_meta[str(float(beta))] = {
             "pairs": {name: len(r) for name, r in splits.items()},
@@ -331,7 +333,7 @@ def build(out: str | Path = DEFAULT_OUT, seed: int = 0, quick: bool = False, log
         "filtered_images": len(all_jobs),
         "betas": beta_meta,
     }
-    write_text_atomic(out / "meta.json", json.dumps(meta, indent=2) + "\n")
+    write_json(out / "meta.json", meta)
     log(f"t2i_default: {len(store.manifest)} images ({store.created} made, {store.reused} reused), "
         f"{len(rows)} pairs per beta, {len(seen)} seen + {len(unseen)} unseen users -> {out} in {time.time() - t0:.1f}s")
     return meta

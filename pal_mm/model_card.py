@@ -12,6 +12,11 @@ ENCODER_BASE_MODELS = {
 }
 
 
+def front_matter(front: dict) -> list[str]:
+    """The card's YAML metadata block (what the Hub reads), then a blank line."""
+    return ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", ""]
+
+
 def _is_repo_id(text: str) -> bool:
     """A Hub repo id (``org/name``), not a local path: only those are valid ``base_model`` values."""
     import re
@@ -54,10 +59,7 @@ def model_card(model) -> str:
             front["metrics"] = hub_metric_names(model.metrics)
         front["pal"]["metrics"] = model.metrics
     lines = [
-        "---",
-        yaml.safe_dump(front, sort_keys=False).strip(),
-        "---",
-        "",
+        *front_matter(front),
         f"# PAL reward model ({c.model_type}, K = {c.k})",
         "",
         "A personalised reward model trained with [pal-mm](https://github.com/pal-mm/pal-mm): every user is a",
@@ -123,10 +125,7 @@ def personal_model_card(cfg: dict, c) -> str:
     who = describe_mixture(mixture)
     item = "image" if image else "response"
     lines = [
-        "---",
-        yaml.safe_dump(front, sort_keys=False).strip(),
-        "---",
-        "",
+        *front_matter(front),
         f"# PAL reward model for {who} ({c.model_type}, K = {c.k})",
         "",
         "A standard scalar reward model exported with [pal-mm](https://github.com/pal-mm/pal-mm) from a personalised",

@@ -270,6 +270,5 @@ def _fit_once(train: EncodedPairs, val: EncodedPairs | None, encoder: Encoder, c
     core = core.cpu().eval()
     core.metrics = best.metrics(history)
     core.data_info = {"train_pairs": len(train), "seen_users": len(core.users)}
-    core.train_config = asdict(tc)
     core.history = history
     return core

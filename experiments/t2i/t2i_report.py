@@ -21,6 +21,23 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def _accuracy_plot(plt, path: Path, series: list, xlabel: str, ylabel: str, title: str, log_x: bool = False) -> None:
+    """One line with error bars per ``(method, xs, means, stds)`` in ``series``, saved to ``path``."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for m, xs, means, stds in series:
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=LABELS.get(m, m), color=COLORS.get(m))
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_all(out: Path, results: dict, details: dict) -> None:
     import matplotlib
 
@@ -30,36 +47,20 @@ def plot_all(out: Path, results: dict, details: dict) -> None:
     methods = list(results["learned_params"])
     enc = results["encoder"]
     # 1. seen accuracy vs beta
-    fig, ax = plt.subplots(figsize=(5, 3.6))
     betas = list(results["seen"])
+    seen = []
     for m in methods:
         stats = [_seen_stats(details, b, m) for b in betas]
-        ax.errorbar([float(b) for b in betas], [100 * s[0] for s in stats], yerr=[100 * s[1] for s in stats],
-                    marker="o", capsize=3, label=LABELS.get(m, m), color=COLORS.get(m))
-    ax.set_xlabel("beta (fraction of pairs with the group's colour filter)")
-    ax.set_ylabel("seen-user test accuracy (%)")
-    ax.set_title(f"Seen users ({enc})")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / PLOTS[0], dpi=120)
-    plt.close(fig)
+        seen.append((m, [float(b) for b in betas], [100 * s[0] for s in stats], [100 * s[1] for s in stats]))
+    _accuracy_plot(plt, out / PLOTS[0], seen, "beta (fraction of pairs with the group's colour filter)",
+                   "seen-user test accuracy (%)", f"Seen users ({enc})")
     # 2. unseen accuracy vs n
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    unseen = []
     for m in methods:
-        ns = list(results["unseen"][m])
-        ax.errorbar([int(n) for n in ns], [100 * results["unseen"][m][n][0] for n in ns],
-                    yerr=[100 * results["unseen"][m][n][1] for n in ns], marker="o", capsize=3,
-                    label=LABELS.get(m, m), color=COLORS.get(m))
-    ax.set_xscale("log")
-    ax.set_xlabel("labelled pairs per new user (n)")
-    ax.set_ylabel("unseen-user test accuracy (%)")
-    ax.set_title(f"Unseen users, beta = {details['config']['unseen']['beta']} ({enc})")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / PLOTS[1], dpi=120)
-    plt.close(fig)
+        curve = results["unseen"][m]
+        unseen.append((m, [int(n) for n in curve], [100 * v[0] for v in curve.values()], [100 * v[1] for v in curve.values()]))
+    _accuracy_plot(plt, out / PLOTS[1], unseen, "labelled pairs per new user (n)", "unseen-user test accuracy (%)",
+                   f"Unseen users, beta = {details['config']['unseen']['beta']} ({enc})", log_x=True)
     # 3. learned parameters vs the frozen encoder
     fig, ax = plt.subplots(figsize=(5, 3.6))
     names = [f"encoder\n({enc}, frozen)"] + [LABELS.get(m, m) for m in methods]

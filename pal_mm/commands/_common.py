@@ -11,7 +11,7 @@ from typing import Iterator
 
 import yaml
 
-from ..atomic import output_dir, write_json
+from ..atomic import output_dir
 from ..errors import PalMMError
 
 INTERNAL = {"_run", "command", "config"}
@@ -126,5 +126,3 @@ def write_run_config(directory: Path, args: argparse.Namespace) -> None:
     (directory / "run_config.yaml").write_text(yaml.safe_dump(resolved_config(args), sort_keys=True))
 
 
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    write_json(path, obj)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..atomic import write_json
 from ..evaluation import evaluate
 from ..model import PALModel
 from . import _common as c
@@ -24,7 +25,7 @@ def run(args) -> int:
     metrics["model"] = str(args.model)
     metrics["data"] = str(args.data)
     if args.json:
-        c.write_json_atomic(args.json, metrics)
+        write_json(args.json, metrics)
     print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n_pairs']} pairs ({metrics['n_ties']} ties), {len(metrics['per_user'])} users")
     for group, m in metrics.get("per_group", {}).items():
         print(f"  group {group}: accuracy {m['accuracy']:.4f} ({m['n_pairs']} pairs)")
