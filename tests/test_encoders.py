@@ -162,7 +162,7 @@ def test_effnet_features_tell_cat_from_coffee(effmini, models, tmp_path):
     paths = {p.stem: str(p) for p in models["images"]}
     feats = effmini.encode_items([paths["chelsea"], paths["coffee"], paths["chelsea"]])
     assert feats.shape == (3, 1280) and effmini.item_dim == 1280 and effmini.prompt_dim == 384
-    assert torch.equal(feats[0], feats[2])
+    assert torch.allclose(feats[0], feats[2], atol=1e-5)  # same image, other batch position (kernels may differ)
     assert float(F.cosine_similarity(feats[0], feats[1], dim=0)) < 0.5
     from encoders.images import load_image_batch
 

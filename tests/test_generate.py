@@ -110,7 +110,11 @@ def test_library_best_of_n_pieces(assets, tmp_path):
     pipe = load_pipeline(str(assets["sd"]), device="cpu")
     one_call = sample_images(pipe, PROMPT, 3, steps=2, seed=5)
     one_by_one = sample_images(pipe, PROMPT, 3, steps=2, seed=5, batch_size=1)
-    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(one_call, one_by_one))  # image i: seed + i
+    # image i is drawn from seed + i whatever the batch size; batched and one-by-one calls run different
+    # kernels (bit-equality holds on some CPUs only), so compare 8-bit pixels with a tolerance
+    for a, b in zip(one_call, one_by_one):
+        diff = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
+        assert diff.max() <= 3 and diff.mean() < 0.05
     assert not np.array_equal(np.asarray(one_call[0]), np.asarray(one_call[1]))
     paths = []
     for i, im in enumerate(one_call):
