@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
-from pal_mm.atomic import write_bytes, write_json
+from encoders.atomic import write_bytes, write_json
 from pal_mm.convert import image_suffix
 
 # --------------------------------------------------------------------------------------------

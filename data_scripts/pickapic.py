@@ -37,7 +37,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from pal_mm.atomic import write_json, write_jsonl
+from encoders.atomic import write_json, write_jsonl
 
 from .images import ImageStore, png_bytes
 
@@ -241,7 +241,7 @@ def build(
             store.prune(used)
             store.save_manifest()
         for name, split_rows in splits.items():
-            write_jsonl(split_rows, out / f"{name}.jsonl")
+            write_jsonl(out / f"{name}.jsonl", split_rows)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -80,7 +80,7 @@ def _r(v) -> list[float]:
 
 
 def main(argv=None) -> None:
-    from pal_mm.data import write_jsonl
+    from encoders.atomic import write_jsonl
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
@@ -94,10 +94,10 @@ def main(argv=None) -> None:
     protos, w = make_population(a.k_true, a.dim, a.seen_users + a.unseen_users, a.seed)
     seen, unseen = w[: a.seen_users], w[a.seen_users :]
     out = Path(a.out)
-    write_jsonl(make_pairs(protos, seen, a.pairs, a.seed + 1), out / "train.jsonl")
-    write_jsonl(make_pairs(protos, seen, a.pairs // 4, a.seed + 2), out / "val.jsonl")
-    write_jsonl(make_pairs(protos, seen, a.pairs // 4, a.seed + 3), out / "test.jsonl")
-    write_jsonl(make_pairs(protos, unseen, a.pairs, a.seed + 4, user_prefix="new"), out / "unseen.jsonl")
+    write_jsonl(out / "train.jsonl", make_pairs(protos, seen, a.pairs, a.seed + 1))
+    write_jsonl(out / "val.jsonl", make_pairs(protos, seen, a.pairs // 4, a.seed + 2))
+    write_jsonl(out / "test.jsonl", make_pairs(protos, seen, a.pairs // 4, a.seed + 3))
+    write_jsonl(out / "unseen.jsonl", make_pairs(protos, unseen, a.pairs, a.seed + 4, user_prefix="new"))
     print(f"wrote {out}")
 
 

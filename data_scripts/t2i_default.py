@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pal_mm.atomic import write_json, write_jsonl
+from encoders.atomic import write_json, write_jsonl
 
 from . import pick_a_filter, pickapic
 from .images import ImageStore, add_noise, crop_zoom, gaussian_blur, jpeg_degrade, open_rgb, to_rgb
@@ -306,7 +306,7 @@ def build(out: str | Path = DEFAULT_OUT, seed: int = 0, quick: bool = False, log
         splits = pickapic.split_seen([r for r in beta_rows if r["user_id"] in seen_set], seed)
         splits["unseen"] = [r for r in beta_rows if r["user_id"] not in seen_set]
         for name, split_rows in splits.items():
-            write_jsonl(rebase(split_rows, "../"), out / f"beta_{float(beta)}" / f"{name}.jsonl")
+            write_jsonl(out / f"beta_{float(beta)}" / f"{name}.jsonl", rebase(split_rows, "../"))
         n_mod = sum(a["chosen"] != b["chosen"] or a["rejected"] != b["rejected"] for a, b in zip(rows, beta_rows))
         beta_meta[str(float(beta))] = {
             "pairs": {name: len(r) for name, r in splits.items()},

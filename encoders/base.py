@@ -41,6 +41,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .errors import EncoderError
+
 MODALITIES = ("text", "image", "vector")
 
 
@@ -177,15 +179,11 @@ class Encoder(nn.Module):
 
     def layer_stacks(self) -> dict[str, list[nn.Module]]:
         """Blocks of each backbone, bottom to top (for ``set_trainable(n)``)."""
-        from pal_mm.errors import PalMMError
-
-        raise PalMMError(f"encoder {self.name!r} does not expose its layers; it can only be fine-tuned whole")
+        raise EncoderError(f"encoder {self.name!r} does not expose its layers; it can only be fine-tuned whole")
 
     def token_states(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Right-padded per-token states (n, t, d), attention mask (n, t) and ids (n, t)."""
-        from pal_mm.errors import PalMMError
-
-        raise PalMMError(f"encoder {self.name!r} has no per-token states (the token-level loss needs a causal LM, e.g. hf-text or smollm2)")
+        raise EncoderError(f"encoder {self.name!r} has no per-token states (the token-level loss needs a causal LM, e.g. hf-text or smollm2)")
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -207,10 +205,8 @@ class Encoder(nn.Module):
         elif top_layers:
             for tower, blocks in self.layer_stacks().items():
                 if top_layers < 0 or top_layers > len(blocks):
-                    from pal_mm.errors import PalMMError
-
-                    raise PalMMError(f"--train-layers must be between 0 and {len(blocks)} for the {tower} backbone "
-                                     f"of encoder {self.name!r}, got {top_layers}")
+                    raise EncoderError(f"--train-layers must be between 0 and {len(blocks)} for the {tower} backbone "
+                                       f"of encoder {self.name!r}, got {top_layers}")
                 modules += list(blocks)[len(blocks) - top_layers:]
         for m in modules:
             for p in m.parameters():

@@ -40,8 +40,8 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import save as st_save
 
-from pal_mm.atomic import write_bytes
-from pal_mm.errors import PalMMError
+from .atomic import write_bytes
+from .errors import EncoderError
 
 from .assets import cache_root
 from .base import Encoder
@@ -188,20 +188,20 @@ class EmbeddingCache:
         """32-byte content key of one input for a tower of the given modality."""
         if modality == "image":
             if not isinstance(value, (str, os.PathLike)):
-                raise PalMMError(f"image inputs must be file paths, got {type(value).__name__}")
+                raise EncoderError(f"image inputs must be file paths, got {type(value).__name__}")
             return self._file_key(value)
         if isinstance(value, str):
             return hashlib.sha256(b"text\0" + value.encode("utf-8")).digest()
         if isinstance(value, (list, tuple, np.ndarray, torch.Tensor)):
             arr = np.asarray(value, dtype=np.float64)
             return hashlib.sha256(b"vector\0" + str(arr.shape).encode() + b"\0" + arr.tobytes()).digest()
-        raise PalMMError(f"cannot cache an input of type {type(value).__name__}")
+        raise EncoderError(f"cannot cache an input of type {type(value).__name__}")
 
     def _file_key(self, path: str | os.PathLike) -> bytes:
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            raise PalMMError(f"image file not found: {path}") from None
+            raise EncoderError(f"image file not found: {path}") from None
         memo = (os.fspath(path), st.st_size, st.st_mtime_ns)
         if memo not in self._file_digests:
             h = hashlib.sha256(b"image\0")
@@ -280,7 +280,7 @@ class EmbeddingCache:
             chunk = missing[s : s + self.chunk_size]
             emb = encoder.encode([values[first[k]] for k in chunk], tower).float().numpy()
             if emb.shape[0] != len(chunk):
-                raise PalMMError(f"encoder {encoder.name!r} returned {emb.shape[0]} rows for {len(chunk)} inputs")
+                raise EncoderError(f"encoder {encoder.name!r} returned {emb.shape[0]} rows for {len(chunk)} inputs")
             key_arr = np.frombuffer(b"".join(chunk), dtype=np.uint8).reshape(len(chunk), KEY_BYTES)
             store.write(key_arr, emb, {"fingerprint": fingerprint, "tower": tower})
             found.update(zip(chunk, emb))

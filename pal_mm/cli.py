@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import PalMMError
+from encoders.errors import EncoderError
 
 COMMANDS = ["train", "adapt", "eval", "score", "encoders", "embed", "export", "convert", "score-images", "generate"]
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         return int(args._run(args) or 0)
-    except PalMMError as e:
+    except EncoderError as e:  # PalMMError and the encoder layer's errors
         print(f"pal-mm: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

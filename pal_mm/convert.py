@@ -25,7 +25,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .atomic import write_bytes, write_jsonl
+from encoders.atomic import write_bytes, write_jsonl
+
 from .errors import DataError, PalMMError
 
 FORMATS = ("pal-reference", "pickapic")
@@ -363,7 +364,7 @@ def convert_file(fmt: str, data: str | os.PathLike, out: str | os.PathLike, imag
     if fmt == "pal-reference":
         rows, counts = convert_pal_reference(rows_iter, label, base_dir, out.parent)
         _check_nonempty(rows, counts, label)
-        write_jsonl(rows, out)
+        write_jsonl(out, rows)
         return counts
     images = Path(image_dir).expanduser() if image_dir else default_image_dir(out)
     try:
@@ -381,7 +382,7 @@ def convert_file(fmt: str, data: str | os.PathLike, out: str | os.PathLike, imag
                     os.replace(f, images / f.name)
         else:
             os.replace(tmp, images)
-        write_jsonl(rows, out)
+        write_jsonl(out, rows)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .atomic import write_jsonl  # noqa: F401  (part of this module's API)
 from .convert import flatten_conversation, is_conversation
 from .errors import DataError
 

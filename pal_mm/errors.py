@@ -1,8 +1,13 @@
 """One exception type for every user-facing error. The CLI prints its message on one line and
-exits with code 2; the library raises it with a message naming file, row and field."""
+exits with code 2; the library raises it with a message naming file, row and field.
+
+:class:`PalMMError` builds on the encoder layer's :class:`encoders.errors.EncoderError` (the
+lower layer knows nothing of pal_mm), so catching ``PalMMError``'s base catches both."""
+
+from encoders.errors import EncoderError
 
 
-class PalMMError(Exception):
+class PalMMError(EncoderError):
     """A problem with the user's input (data, model directory, arguments)."""
 
 

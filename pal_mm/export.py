@@ -39,13 +39,15 @@ from huggingface_hub import PyTorchModelHubMixin
 from safetensors.torch import save_file
 from torch import nn
 
+from encoders.atomic import output_dir
 from encoders.base import Encoder
+from encoders.errors import EncoderError
 
-from . import __version__
-from .atomic import output_dir
+from .version import __version__
 from .errors import PalMMError
 from .embedding import broadcast_inputs
-from .heads import PALConfig, PALHead
+from .config import PALConfig
+from .heads import PALHead
 from .mixture import check_simplex, describe_mixture, resolve_mixture
 from .model import CONFIG_NAME, ENCODER_WEIGHTS_NAME, USERS_NAME, WEIGHTS_NAME, PALModel, _load_tensors, _resolve_model_dir, read_config
 
@@ -72,7 +74,7 @@ def _modalities(name: str) -> dict:
 
         cls = get_encoder_class(name)
         return {"prompt_modality": cls.prompt_modality, "item_modality": cls.item_modality}
-    except PalMMError:  # a plug-in that is not installed here: export still works
+    except EncoderError:  # a plug-in that is not installed here: export still works
         return {"prompt_modality": None, "item_modality": None}
 
 
@@ -277,7 +279,7 @@ class PersonalRewardModel(
             raise PalMMError(f"{text}: no such model directory")
         try:
             return super().from_pretrained(text, encoder=encoder, device=device, **hub_kwargs)
-        except PalMMError:
+        except EncoderError:
             raise
         except Exception as e:  # network, auth, missing repo
             raise PalMMError(f"{text}: no such directory, and not loadable from the Hub ({type(e).__name__})") from None

@@ -46,9 +46,9 @@ from encoders.base import Encoder
 from .data import PreferenceData
 from .embedding import check_modalities, encode_data
 from .errors import PalMMError
-from .heads import PALConfig
+from .config import PALConfig, TrainConfig
 from .model import PALModel
-from .training import BestEpoch, TrainConfig, build_model, optimizer_groups, pair_margins, write_record
+from .training import BestEpoch, build_model, optimizer_groups, pair_margins, write_record
 
 WEIGHTINGS = ("cumulative", "mean", "last")
 

@@ -23,72 +23,15 @@ vectors and for LLM hidden states with norms in the hundreds.
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from einops import einsum
 from torch import nn
 
+from .config import PALConfig
 from .errors import PalMMError
-
-MODEL_TYPES = ("pal-a", "pal-b", "single-rm")
-
-
-@dataclass
-class PALConfig:
-    """Everything needed to rebuild a head (saved as ``config.json`` in a model directory)."""
-
-    model_type: str = "pal-b"  # "pal-a" | "pal-b"
-    k: int = 2  # number of prototypes
-    prompt_dim: int = 0  # width of prompt embeddings (set from the encoder/data)
-    item_dim: int = 0  # width of item embeddings
-    dim: int | None = None  # preference-space width d; None -> item_dim
-    projector: str = "mlp2-gelu"  # item map f (and PAL-B's g_k unless prototype_projector is set)
-    prototype_projector: str | None = None  # PAL-B g_k; None -> same as projector
-    pal_a_use_prompt: bool = True  # PAL-A: f sees [prompt ; item] instead of item alone
-    logit_scale_init: float = math.log(1 / 0.07)
-    logit_scale_max: float = 100.0
-    loss: str | None = None  # "bt" | "hinge"; None -> bt for PAL-B, hinge for PAL-A
-    normalize_inputs: bool = True
-    init_seed: int = 0
-
-    def __post_init__(self):
-        if self.model_type not in MODEL_TYPES:
-            raise PalMMError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
-        if int(self.k) < 1:
-            raise PalMMError(f"k must be >= 1, got {self.k}")
-        if self.loss is None:
-            self.loss = "bt" if self.model_type == "pal-b" else "hinge"
-        if self.loss not in ("bt", "hinge"):
-            raise PalMMError(f"loss must be 'bt' or 'hinge', got {self.loss!r}")
-
-    @property
-    def width(self) -> int:
-        return int(self.dim or self.item_dim)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def check_widths(self, prompt_emb: torch.Tensor, item_emb: torch.Tensor) -> None:
-        """Embeddings (b, prompt_dim) and (b, item_dim) for the same b, or a one-line error."""
-        if prompt_emb.ndim != 2 or item_emb.ndim != 2 or prompt_emb.shape[0] != item_emb.shape[0]:
-            raise PalMMError(f"expected (b, {self.prompt_dim}) and (b, {self.item_dim}) embeddings, "
-                             f"got {tuple(prompt_emb.shape)} and {tuple(item_emb.shape)}")
-        if prompt_emb.shape[1] != self.prompt_dim or item_emb.shape[1] != self.item_dim:
-            raise PalMMError(f"inputs have widths prompt={prompt_emb.shape[1]}, item={item_emb.shape[1]}; this model "
-                             f"takes prompt={self.prompt_dim}, item={self.item_dim}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PALConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise PalMMError(f"unknown PAL config key(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
-
 
 # ------------------------------------------------------------------------------------------
 # Projectors
@@ -171,6 +114,8 @@ class PALHead(nn.Module):
     def __init__(self, config: PALConfig, num_users: int = 0):
         super().__init__()
         self.config = c = config
+        if c.model_type not in ("pal-a", "pal-b", "single-rm"):
+            raise PalMMError(f"model_type must be one of pal-a, pal-b, single-rm, got {c.model_type!r}")
         if c.prompt_dim <= 0 or c.item_dim <= 0:
             raise PalMMError("prompt_dim and item_dim must be set before building a head")
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG

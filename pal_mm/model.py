@@ -14,12 +14,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from encoders.atomic import output_dir
 from encoders.base import Encoder
 
-from . import __version__
-from .atomic import output_dir
+from .version import __version__
 from .errors import PalMMError
-from .heads import PALConfig, PALHead
+from .config import PALConfig
+from .heads import PALHead
 from .mixture import check_simplex
 
 CONFIG_NAME = "config.json"

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from accelerate.tracking import GeneralTracker
 
-from .atomic import write_text
+from encoders.atomic import write_text
+
 from .errors import PalMMError
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,33 +28,9 @@ from encoders.base import Encoder
 from .data import PreferenceData
 from .embedding import EncodedPairs, encode_data
 from .errors import PalMMError
-from .heads import PALConfig
+from .config import PALConfig, TrainConfig
 from .model import PALModel
 from .tracking import make_trackers
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings. Learning rates follow the PAL paper's per-group values (users and
-    prototypes 5e-3, logit scale 0.1), with the projectors' rate scaled for a larger batch."""
-
-    epochs: int = 30
-    batch_size: int = 64
-    # The paper uses 1e-4 for the projectors at batch size 4 with thousands of steps per epoch;
-    # at our default batch size of 64 (16x fewer steps) 1e-3 reaches the same fit.
-    lr_projector: float = 1e-3  # f and g_k
-    lr_prototypes: float = 5e-3  # PAL-A's P
-    lr_users: float = 5e-3  # user logits W
-    lr_logit_scale: float = 0.1
-    lr_encoder: float = 1e-5  # only when the encoder is fine-tuned
-    weight_decay: float = 0.01  # projectors only (decoupled, AdamW)
-    patience: int = 5  # epochs without val-loss improvement before stopping; 0 = never stop early
-    restarts: int = 1  # initialisations (seeds seed, seed+1, ...); the one with the lowest val loss is kept
-    seed: int = 0
-    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (accelerate)
-    cpu: bool = False  # force CPU even when a GPU is present
-    progress: bool = True
-    report_to: str = "none"  # "none" | "csv" | "tensorboard" | any accelerate tracker
 
 
 def optimizer_groups(model: PALModel, tc: TrainConfig) -> list[dict]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from data_scripts.synthetic import make_pairs, make_population
-from pal_mm.data import write_jsonl
+from encoders.atomic import write_jsonl
 
 
 @pytest.fixture(autouse=True)
@@ -31,8 +31,8 @@ def synthetic_dir(tmp_path_factory):
     """K* = 2 ground truth, 8-d items: 16 seen users (train/val/test) and 6 new users."""
     out = tmp_path_factory.mktemp("synthetic")
     protos, w = make_population(k_true=2, dim=8, num_users=22, seed=0, alpha=0.2)
-    write_jsonl(make_pairs(protos, w[:16], 80, seed=1, prompt_dim=4), out / "train.jsonl")
-    write_jsonl(make_pairs(protos, w[:16], 20, seed=2, prompt_dim=4), out / "val.jsonl")
-    write_jsonl(make_pairs(protos, w[:16], 40, seed=3, prompt_dim=4), out / "test.jsonl")
-    write_jsonl(make_pairs(protos, w[16:], 60, seed=4, prompt_dim=4, user_prefix="new"), out / "new.jsonl")
+    write_jsonl(out / "train.jsonl", make_pairs(protos, w[:16], 80, seed=1, prompt_dim=4))
+    write_jsonl(out / "val.jsonl", make_pairs(protos, w[:16], 20, seed=2, prompt_dim=4))
+    write_jsonl(out / "test.jsonl", make_pairs(protos, w[:16], 40, seed=3, prompt_dim=4))
+    write_jsonl(out / "new.jsonl", make_pairs(protos, w[16:], 60, seed=4, prompt_dim=4, user_prefix="new"))
     return out

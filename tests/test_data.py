@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from pal_mm.data import PreferenceData, split_rows_per_user, write_jsonl
+from encoders.atomic import write_jsonl
+from pal_mm.data import PreferenceData, split_rows_per_user
 from pal_mm.errors import DataError
 
 ROW = {"user_id": "u1", "prompt": "hello", "chosen": "a good answer", "rejected": "a bad answer"}
@@ -12,7 +13,7 @@ ROW = {"user_id": "u1", "prompt": "hello", "chosen": "a good answer", "rejected"
 
 def _write(tmp_path, rows, name="d.jsonl"):
     path = tmp_path / name
-    write_jsonl(rows, path)
+    write_jsonl(path, rows)
     return path
 
 

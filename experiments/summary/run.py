@@ -57,12 +57,12 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from pal_mm.adaptation import AdaptConfig, adapt, fit_user_logits  # noqa: E402
+from pal_mm.adaptation import adapt, fit_user_logits  # noqa: E402
 from pal_mm.data import PreferenceData, split_indices_per_user  # noqa: E402
 from pal_mm.embedding import EncodedPairs, encode_data  # noqa: E402
 from pal_mm.evaluation import evaluate  # noqa: E402
-from pal_mm.heads import PALConfig  # noqa: E402
-from pal_mm.training import TrainConfig, fit  # noqa: E402
+from pal_mm.config import AdaptConfig, PALConfig, TrainConfig  # noqa: E402
+from pal_mm.training import fit  # noqa: E402
 
 ENCODE_THREADS = torch.get_num_threads()
 METHODS = ("pal-b-k1", "pal-b-k2", "pal-a-k2", "single-rm")

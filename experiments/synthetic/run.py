@@ -49,12 +49,12 @@ if str(ROOT) not in sys.path:  # data_scripts is not an installed package
 
 from data_scripts import synthetic  # noqa: E402
 from encoders import create_encoder  # noqa: E402
-from pal_mm.adaptation import AdaptConfig, adapt  # noqa: E402
+from pal_mm.adaptation import adapt  # noqa: E402
 from pal_mm.data import PreferenceData  # noqa: E402
 from pal_mm.embedding import EncodedPairs, encode_data  # noqa: E402
 from pal_mm.evaluation import evaluate  # noqa: E402
-from pal_mm.heads import PALConfig  # noqa: E402
-from pal_mm.training import TrainConfig, fit  # noqa: E402
+from pal_mm.config import AdaptConfig, PALConfig, TrainConfig  # noqa: E402
+from pal_mm.training import fit  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------

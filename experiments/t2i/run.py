@@ -44,14 +44,14 @@ for _p in (ROOT, HERE):  # data_scripts is not an installed package; t2i_report.
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from encoders.atomic import write_json  # noqa: E402
 from encoders.precomputed import PrecomputedEncoder  # noqa: E402
-from pal_mm.adaptation import AdaptConfig, adapt  # noqa: E402
-from pal_mm.atomic import write_json  # noqa: E402
+from pal_mm.adaptation import adapt  # noqa: E402
 from pal_mm.data import PreferenceData  # noqa: E402
 from pal_mm.embedding import EncodedPairs, check_modalities, encode_values  # noqa: E402
 from pal_mm.evaluation import evaluate  # noqa: E402
-from pal_mm.heads import PALConfig  # noqa: E402
-from pal_mm.training import TrainConfig, fit  # noqa: E402
+from pal_mm.config import AdaptConfig, PALConfig, TrainConfig  # noqa: E402
+from pal_mm.training import fit  # noqa: E402
 from t2i_report import plot_all, results_markdown  # noqa: E402  (experiments/t2i/t2i_report.py)
 
 METHODS = ("pal-b-k1", "pal-b-k2", "single-rm")

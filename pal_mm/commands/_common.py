@@ -11,7 +11,8 @@ from typing import Iterator
 
 import yaml
 
-from ..atomic import output_dir
+from encoders.atomic import output_dir
+
 from ..errors import PalMMError
 
 INTERNAL = {"_run", "command", "config"}

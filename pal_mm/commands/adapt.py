@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..adaptation import AdaptConfig, adapt
+from ..adaptation import adapt
+from ..config import AdaptConfig
 from ..model import PALModel
 from . import _common as c
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..atomic import write_json
+from encoders.atomic import write_json
+
 from ..evaluation import evaluate
 from ..model import PALModel
 from . import _common as c

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..heads import PALConfig
-from ..training import TrainConfig, fit
+from ..config import PALConfig, TrainConfig
+from ..training import fit
 from . import _common as c
 
 

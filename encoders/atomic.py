@@ -42,7 +42,7 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Non
     write_text(path, json.dumps(obj, indent=indent, default=str) + "\n")
 
 
-def write_jsonl(rows: Iterable[dict], path: str | os.PathLike) -> None:
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     """One JSON object per line (UTF-8, non-ASCII kept as is)."""
     write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 

@@ -1,0 +1,162 @@
+"""The plain config dataclasses: what a head is (:class:`PALConfig`), how it is trained
+(:class:`TrainConfig`) and how new users are fitted (:class:`AdaptConfig`).
+
+This module imports nothing heavy (no torch), so the command line can build its flags, defaults
+and help from these fields (``metadata["help"]``) without loading a model library. Values are
+checked in ``__post_init__``: a bad value is one :class:`~pal_mm.errors.PalMMError` line.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+from .errors import PalMMError
+
+
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass
+class PALConfig:
+    """Everything needed to rebuild a head (saved under ``"head"`` in a model's ``config.json``)."""
+
+    model_type: str = field(default="pal-b", metadata=_help("head type (see `pal-mm heads`): pal-a, pal-b, single-rm, ..."))
+    k: int = field(default=2, metadata=_help("number of prototypes K"))
+    prompt_dim: int = field(default=0, metadata=_help("prompt embedding width (set from the encoder/data)", cli=False))
+    item_dim: int = field(default=0, metadata=_help("item embedding width (set from the encoder/data)", cli=False))
+    dim: int | None = field(default=None, metadata=_help("preference-space width d (default: the item embedding width)"))
+    projector: str = field(default="mlp2-gelu",
+                           metadata=_help("item map f (and PAL-B's g_k): identity | linear | mlp{L}-{relu|gelu|linear}[-dropout{D}][-residual]"))
+    prototype_projector: str | None = field(default=None, metadata=_help("PAL-B prototype maps g_k (default: --projector)"))
+    pal_a_use_prompt: bool = field(default=True, metadata=_help("PAL-A: f sees [prompt ; item] instead of the item alone", cli=False))
+    logit_scale_init: float = field(default=math.log(1 / 0.07), metadata=_help("initial log inverse temperature s", cli=False))
+    logit_scale_max: float = field(default=100.0, metadata=_help("cap on e^s", cli=False))
+    loss: str | None = field(default=None, metadata=_help("bt | hinge (default: the head type's own)", cli=False))
+    normalize_inputs: bool = field(default=True, metadata=_help("standardise input embeddings (mean and one scale from train)", cli=False))
+    init_seed: int = field(default=0, metadata=_help("seed of the head's initialisation (set from --seed)", cli=False))
+
+    def __post_init__(self):
+        if not isinstance(self.model_type, str) or not self.model_type:
+            raise PalMMError(f"model_type must be a head name, got {self.model_type!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise PalMMError(f"k must be an integer >= 1, got {self.k!r}")
+        if self.dim is not None and (isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1):
+            raise PalMMError(f"dim must be an integer >= 1, got {self.dim!r}")
+        if self.loss is None:  # PAL-B is trained with Bradley-Terry; PAL-A and the single RM with a hinge
+            self.loss = "bt" if self.model_type == "pal-b" else "hinge"
+        if self.loss not in ("bt", "hinge"):
+            raise PalMMError(f"loss must be 'bt' or 'hinge', got {self.loss!r}")
+
+    @property
+    def width(self) -> int:
+        return int(self.dim or self.item_dim)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def check_widths(self, prompt_emb, item_emb) -> None:
+        """Embeddings (b, prompt_dim) and (b, item_dim) for the same b, or a one-line error."""
+        if prompt_emb.ndim != 2 or item_emb.ndim != 2 or prompt_emb.shape[0] != item_emb.shape[0]:
+            raise PalMMError(f"expected (b, {self.prompt_dim}) and (b, {self.item_dim}) embeddings, "
+                             f"got {tuple(prompt_emb.shape)} and {tuple(item_emb.shape)}")
+        if prompt_emb.shape[1] != self.prompt_dim or item_emb.shape[1] != self.item_dim:
+            raise PalMMError(f"inputs have widths prompt={prompt_emb.shape[1]}, item={item_emb.shape[1]}; this model "
+                             f"takes prompt={self.prompt_dim}, item={self.item_dim}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PALConfig":
+        if not isinstance(d, dict):
+            raise PalMMError(f"a head config must be a mapping, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise PalMMError(f"unknown PAL config key(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. Learning rates follow the PAL paper's per-group values (users and
+    prototypes 5e-3, logit scale 0.1), with the projectors' rate scaled for a larger batch."""
+
+    epochs: int = field(default=30, metadata=_help("maximum number of epochs"))
+    batch_size: int = field(default=64, metadata=_help("pairs per optimisation step"))
+    # The paper uses 1e-4 for the projectors at batch size 4 with thousands of steps per epoch;
+    # at our default batch size of 64 (16x fewer steps) 1e-3 reaches the same fit.
+    lr_projector: float = field(default=1e-3, metadata=_help("learning rate of the projectors f and g_k"))
+    lr_prototypes: float = field(default=5e-3, metadata=_help("learning rate of PAL-A's prototype points P"))
+    lr_users: float = field(default=5e-3, metadata=_help("learning rate of the users' mixture logits"))
+    lr_logit_scale: float = field(default=0.1, metadata=_help("learning rate of PAL-B's logit scale"))
+    lr_encoder: float = field(default=1e-5, metadata=_help("encoder learning rate (only when it is fine-tuned)"))
+    weight_decay: float = field(default=0.01, metadata=_help("decoupled weight decay of the projectors (AdamW)"))
+    patience: int = field(default=5, metadata=_help("epochs without a better validation loss before stopping (0: never stop early)"))
+    restarts: int = field(default=1, metadata=_help("initialisations to train (seeds seed, seed+1, ...); the lowest validation loss is kept (needs --val)"))
+    seed: int = field(default=0, metadata=_help("random seed (initialisation and batch order)"))
+    mixed_precision: str = field(default="no", metadata=_help("accelerate mixed precision", choices=("no", "bf16", "fp16")))
+    cpu: bool = field(default=False, metadata=_help("train on the CPU even when a GPU is present"))
+    progress: bool = field(default=True, metadata=_help("show progress bars", cli=False))
+    report_to: str = field(default="none", metadata=_help("none | csv | tensorboard | any accelerate tracker (metrics.jsonl is always written)"))
+
+    def __post_init__(self):
+        _positive_int(self, "epochs", "batch_size", "restarts")
+        _non_negative_int(self, "patience")
+        _positive_float(self, "lr_projector", "lr_prototypes", "lr_users", "lr_logit_scale", "lr_encoder")
+        _non_negative_float(self, "weight_decay")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise PalMMError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+
+
+@dataclass
+class AdaptConfig:
+    """How new users' K logits are fitted (a fixed number of full-batch steps: no model selection)."""
+
+    steps: int = field(default=300, metadata=_help("optimisation steps (fixed; no model selection; 0 keeps the initial weights)"))
+    lr: float = field(default=0.05, metadata=_help("learning rate of the new users' logits"))
+    l2: float = field(default=0.0, metadata=_help("pull the logits toward 0 (the uniform mixture)"))
+    init: str = field(default="zeros", metadata=_help("initial logits: zeros (uniform mixture) or random (N(0, 1))",
+                                                      choices=("zeros", "random")))
+    seed: int = field(default=0, metadata=_help("seed of the random initialisation"))
+
+    def __post_init__(self):
+        _non_negative_int(self, "steps")
+        _positive_float(self, "lr")
+        _non_negative_float(self, "l2")
+        if self.init not in ("zeros", "random"):
+            raise PalMMError(f"init must be zeros or random, got {self.init!r}")
+
+
+# ----- value checks (one line each) ----------------------------------------------------------
+def _number(obj, name: str, kind: type) -> float:
+    value = getattr(obj, name)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        ok = ok and float(value).is_integer()
+    if not ok or not math.isfinite(float(value)):
+        raise PalMMError(f"{name.replace('_', '-')} must be {'an integer' if kind is int else 'a finite number'}, got {value!r}")
+    return value
+
+
+def _positive_int(obj, *names: str) -> None:
+    for n in names:
+        if _number(obj, n, int) < 1:
+            raise PalMMError(f"{n.replace('_', '-')} must be >= 1, got {getattr(obj, n)!r}")
+
+
+def _non_negative_int(obj, *names: str) -> None:
+    for n in names:
+        if _number(obj, n, int) < 0:
+            raise PalMMError(f"{n.replace('_', '-')} must be >= 0, got {getattr(obj, n)!r}")
+
+
+def _positive_float(obj, *names: str) -> None:
+    for n in names:
+        if _number(obj, n, float) <= 0:
+            raise PalMMError(f"{n.replace('_', '-')} must be > 0, got {getattr(obj, n)!r}")
+
+
+def _non_negative_float(obj, *names: str) -> None:
+    for n in names:
+        if _number(obj, n, float) < 0:
+            raise PalMMError(f"{n.replace('_', '-')} must be >= 0, got {getattr(obj, n)!r}")
