@@ -12,7 +12,7 @@ _EXPORTS = {
     "AdaptConfig": "config", "PALConfig": "config", "TrainConfig": "config",
     "DataError": "errors", "PalMMError": "errors",
     "PreferenceData": "data",
-    "PALHead": "heads",
+    "create_head": "heads", "list_heads": "heads", "register_head": "heads",
     "PALModel": "model",
     "fit": "training",
     "adapt": "adaptation",

@@ -44,9 +44,7 @@ class PALConfig:
             raise PalMMError(f"k must be an integer >= 1, got {self.k!r}")
         if self.dim is not None and (isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1):
             raise PalMMError(f"dim must be an integer >= 1, got {self.dim!r}")
-        if self.loss is None:  # PAL-B is trained with Bradley-Terry; PAL-A and the single RM with a hinge
-            self.loss = "bt" if self.model_type == "pal-b" else "hinge"
-        if self.loss not in ("bt", "hinge"):
+        if self.loss not in (None, "bt", "hinge"):
             raise PalMMError(f"loss must be 'bt' or 'hinge', got {self.loss!r}")
 
     @property
@@ -94,18 +92,51 @@ class TrainConfig:
     patience: int = field(default=5, metadata=_help("epochs without a better validation loss before stopping (0: never stop early)"))
     restarts: int = field(default=1, metadata=_help("initialisations to train (seeds seed, seed+1, ...); the lowest validation loss is kept (needs --val)"))
     seed: int = field(default=0, metadata=_help("random seed (initialisation and batch order)"))
-    mixed_precision: str = field(default="no", metadata=_help("accelerate mixed precision", choices=("no", "bf16", "fp16")))
+    mixed_precision: str = field(default="auto", metadata=_help(
+        "accelerate mixed precision; auto = bf16 when fine-tuning the encoder on a bf16 GPU, else no",
+        choices=("auto", "no", "bf16", "fp16")))
     cpu: bool = field(default=False, metadata=_help("train on the CPU even when a GPU is present"))
     progress: bool = field(default=True, metadata=_help("show progress bars", cli=False))
     report_to: str = field(default="none", metadata=_help("none | csv | tensorboard | any accelerate tracker (metrics.jsonl is always written)"))
+    # encoder fine-tuning (PAL-B-Large): the encoder is trained with the head, inputs re-encoded every step
+    finetune_encoder: bool = field(default=False, metadata=_help("train the encoder together with the head"))
+    train_layers: int | None = field(default=None, metadata=_help(
+        "fine-tune only the top N blocks of each encoder backbone (implies --finetune-encoder)", metavar="N"))
+    token_level: bool = field(default=False, metadata=_help(
+        "PAL-B token-level loss with cumulative window weights (causal LMs; implies --finetune-encoder)"))
+    token_weighting: str = field(default="cumulative", metadata=_help("token-level window weights",
+                                                                       choices=("cumulative", "mean", "last")))
+    micro_batch_size: int | None = field(default=None, metadata=_help(
+        "split each batch into micro-batches of this size (gradient accumulation; memory)"))
+    max_grad_norm: float | None = field(default=None, metadata=_help(
+        "clip the gradient norm (0: never); default 1.0 when fine-tuning the encoder, no clipping otherwise"))
+
+    @property
+    def fine_tunes_encoder(self) -> bool:
+        return bool(self.finetune_encoder or self.train_layers is not None or self.token_level)
+
+    @property
+    def grad_clip(self) -> float:
+        """The gradient-norm bound in force (0: none)."""
+        if self.max_grad_norm is not None:
+            return float(self.max_grad_norm)
+        return 1.0 if self.fine_tunes_encoder else 0.0
 
     def __post_init__(self):
         _positive_int(self, "epochs", "batch_size", "restarts")
         _non_negative_int(self, "patience")
         _positive_float(self, "lr_projector", "lr_prototypes", "lr_users", "lr_logit_scale", "lr_encoder")
         _non_negative_float(self, "weight_decay")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise PalMMError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise PalMMError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.train_layers is not None:
+            _non_negative_int(self, "train_layers")
+        if self.micro_batch_size is not None:
+            _positive_int(self, "micro_batch_size")
+        if self.max_grad_norm is not None:
+            _non_negative_float(self, "max_grad_norm")
+        if self.token_weighting not in ("cumulative", "mean", "last"):
+            raise PalMMError(f"token_weighting must be cumulative, mean or last, got {self.token_weighting!r}")
 
 
 @dataclass

@@ -12,7 +12,7 @@ export time (method reference, section 8):
 table) and the fixed weights, and references its encoder by registry name + config +
 fingerprint; the encoder weights are bundled (``encoder.safetensors``) only when they were
 fine-tuned. Rewards equal the PAL model's for that user: the same head code runs on the same
-numbers. It is a ``huggingface_hub.PyTorchModelHubMixin`` model::
+numbers. It is saved and loaded like every pal-mm model (``pal_mm.hub``: checksums, atomic writes, Hub)::
 
     rm = PersonalRewardModel.from_pretrained("out/alice")      # or a Hub repo id
     rm(["a prompt"], ["a response"])                           # -> [float]
@@ -27,29 +27,25 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from huggingface_hub import PyTorchModelHubMixin
-from safetensors.torch import save_file
-from torch import nn
 
-from encoders.atomic import output_dir
 from encoders.base import Encoder
 from encoders.errors import EncoderError
 
-from .version import __version__
-from .errors import PalMMError
-from .embedding import broadcast_inputs
 from .config import PALConfig
-from .heads import PALHead
+from .embedding import broadcast_inputs, encode_values
+from .errors import PalMMError
+from .heads import create_head
+from .hub import (CONFIG_NAME, ENCODER_WEIGHTS_NAME, WEIGHTS_NAME, HubModel, encoder_from_reference, finite_float,
+                  load_tensors, looks_like_repo_id, read_config, read_json, tensors_bytes, verify_files, write_model_files)
 from .mixture import check_simplex, describe_mixture, resolve_mixture
-from .model import CONFIG_NAME, ENCODER_WEIGHTS_NAME, USERS_NAME, WEIGHTS_NAME, PALModel, _load_tensors, _resolve_model_dir, read_config
+from .model import PALModel, read_pal_dir
+from .version import __version__
 
 FORMAT = "personal-reward-model"
 FORMAT_VERSION = 1
@@ -57,14 +53,9 @@ MIXTURE_KEY = "mixture_weights"
 HEAD_PREFIX = "head."
 
 
-def encoder_is_fine_tuned(encoder: Encoder) -> bool:
-    """Weights that differ from the registry's (fine-tuned, or loaded from encoder.safetensors)."""
-    return encoder.weights_changed
-
-
 def encoder_reference(encoder: Encoder, fine_tuned: bool | None = None) -> dict:
     return {"name": encoder.name, "config": encoder.config(), "fingerprint": encoder.fingerprint(),
-            "fine_tuned": encoder_is_fine_tuned(encoder) if fine_tuned is None else bool(fine_tuned),
+            "fine_tuned": encoder.weights_changed if fine_tuned is None else bool(fine_tuned),
             "prompt_modality": encoder.prompt_modality, "item_modality": encoder.item_modality}
 
 
@@ -81,14 +72,8 @@ def _modalities(name: str) -> dict:
 # ------------------------------------------------------------------------------------------
 # The model
 # ------------------------------------------------------------------------------------------
-class PersonalRewardModel(
-    nn.Module,
-    PyTorchModelHubMixin,
-    library_name="pal-mm",
-    license="apache-2.0",
-    tags=["reward-model", "personalized-alignment", "pal", "personal-reward-model"],
-    repo_url="https://github.com/pal-mm/pal-mm",
-):
+class PersonalRewardModel(HubModel, library_name="pal-mm", license="apache-2.0", repo_url="https://github.com/pal-mm/pal-mm",
+                          tags=["reward-model", "personalized-alignment", "pal", "personal-reward-model"]):
     """One user's PAL reward model: ``model(prompts, responses) -> list[float]``.
 
     ``config`` is the content of ``config.json`` (see :func:`export_personal_model`); the encoder
@@ -100,11 +85,12 @@ class PersonalRewardModel(
         cfg = validate_config(config)
         self.export_config = cfg
         self.config = PALConfig.from_dict(cfg["head"])
-        with torch.random.fork_rng(devices=[]):  # PALHead seeds the global RNG when it initialises
-            self.head = PALHead(self.config, num_users=0)
+        self.head = create_head(self.config, num_users=0)
         self.head.requires_grad_(False)  # an inference artifact; unfreeze explicitly to train it
         self.register_buffer(MIXTURE_KEY, torch.tensor(cfg["mixture"]["weights"], dtype=torch.float32))
         self._encoder_state_file: Path | None = None
+        self._trust_remote_code = False
+        self._device: str | None = None
         if isinstance(encoder, Encoder):
             self.set_encoder(encoder)
 
@@ -124,20 +110,14 @@ class PersonalRewardModel(
         encoder.bind_dims(self.config.prompt_dim, self.config.item_dim)
         self._modules["encoder"] = encoder
 
-    @property
-    def encoder_loaded(self) -> bool:
-        return self._modules.get("encoder") is not None
-
     def _build_encoder(self) -> Encoder:
-        from encoders import create_encoder  # late: encoders imports pal_mm.errors
-
         ref = self.export_config["encoder"]
-        enc = create_encoder(ref["name"], **(ref.get("config") or {}))
+        enc = encoder_from_reference(ref, Path("<config>"), trust_remote_code=self._trust_remote_code, device=self._device)
         enc.bind_dims(self.config.prompt_dim, self.config.item_dim)
         if ref.get("fine_tuned"):
             if self._encoder_state_file is None or not Path(self._encoder_state_file).is_file():
                 raise PalMMError(f"this model needs its fine-tuned encoder weights ({ENCODER_WEIGHTS_NAME}), which are missing")
-            enc.load_state_dict(_load_tensors(Path(self._encoder_state_file), enc.state_dict()))
+            enc.load_state_dict(load_tensors(Path(self._encoder_state_file), enc.state_dict()))
         if ref.get("fingerprint") and enc.fingerprint() != ref["fingerprint"]:
             warnings.warn(f"encoder {ref['name']!r}: fingerprint {enc.fingerprint()} differs from the one this reward model "
                           f"was exported with ({ref['fingerprint']}); the installed encoder may produce different "
@@ -171,13 +151,10 @@ class PersonalRewardModel(
         finally:
             self.train(was)
 
-    def _head_device(self) -> torch.device:
-        return self.mixture_weights.device
-
     def reward_embeddings(self, prompt_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
         """(b, dp), (b, di) encoder outputs -> (b,) rewards; differentiable (no no_grad)."""
         self.config.check_widths(prompt_emb, item_emb)
-        device, dtype = self._head_device(), self.mixture_weights.dtype
+        device, dtype = self.mixture_weights.device, self.mixture_weights.dtype
         w = self.mixture_weights[None].expand(prompt_emb.shape[0], -1)
         return self.head.reward(prompt_emb.to(device, dtype), item_emb.to(device, dtype), w)
 
@@ -185,8 +162,6 @@ class PersonalRewardModel(
     def reward(self, prompts: Any, responses: Any, batch_size: int | None = None) -> list[float]:
         """One scalar per (prompt, response); a single prompt is broadcast over the responses.
         ``batch_size`` bounds how many pairs are encoded and scored at once (default: all)."""
-        from .embedding import encode_values
-
         prompts, responses = broadcast_inputs(prompts, responses)
         if not responses:
             return []
@@ -219,86 +194,40 @@ class PersonalRewardModel(
 
         return score_pixels(self, prompts, pixels)
 
-    # ----- save ------------------------------------------------------------------------------
-    def write_files(self, directory: str | os.PathLike) -> None:
-        """config.json, model.safetensors, README.md (+ encoder.safetensors when the encoder
-        was fine-tuned) into an existing directory; see :meth:`save_pretrained` for atomicity."""
-        from .model_card import personal_model_card
-
-        directory = Path(directory)
-        tensors = {HEAD_PREFIX + k: v.detach().cpu().clone().contiguous()
-                   for k, v in self.head.state_dict().items() if k != "user_logits"}
-        tensors[MIXTURE_KEY] = self.mixture_weights.detach().cpu().clone().contiguous()
-        save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "pal_mm": __version__, "pal_mm_format": FORMAT})
+    # ----- save / load ------------------------------------------------------------------------
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The mixin's hook: model.safetensors (+ encoder.safetensors when the encoder was
+        fine-tuned), then config.json with their checksums."""
+        tensors = {HEAD_PREFIX + k: v for k, v in self.head.state_dict().items() if k != "user_logits"}
+        tensors[MIXTURE_KEY] = self.mixture_weights
+        files = {WEIGHTS_NAME: tensors_bytes(tensors)}
         cfg = copy.deepcopy(self.export_config)
+        cfg.pop("files", None)
+        cfg.pop("hub_config", None)
         cfg["pal_mm_version"] = __version__
         cfg["mixture"]["weights"] = self.mixture_weights.detach().cpu().tolist()
         if cfg["encoder"].get("fine_tuned"):
             enc = self._modules.get("encoder")
             if enc is not None:
-                state = {k: v.detach().cpu().clone().contiguous() for k, v in enc.state_dict().items()}
-                save_file(state, str(directory / ENCODER_WEIGHTS_NAME))
+                files[ENCODER_WEIGHTS_NAME] = tensors_bytes(enc.state_dict())
             elif self._encoder_state_file is not None and Path(self._encoder_state_file).is_file():
-                shutil.copyfile(self._encoder_state_file, directory / ENCODER_WEIGHTS_NAME)
+                files[ENCODER_WEIGHTS_NAME] = Path(self._encoder_state_file).read_bytes()
             else:
                 raise PalMMError(f"the encoder was fine-tuned but its weights ({ENCODER_WEIGHTS_NAME}) are not available")
-        (directory / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, default=str) + "\n")
-        (directory / "README.md").write_text(personal_model_card(cfg, self.config))
+        write_model_files(Path(save_directory), {**cfg, **self._hub_config()}, files)
 
-    def _save_pretrained(self, save_directory: Path) -> None:  # PyTorchModelHubMixin hook
-        self.write_files(save_directory)
+    def generate_model_card(self, **kwargs):
+        from .model_card import personal_model_card
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *, push_to_hub: bool = False, repo_id: str | None = None,
-                        config: dict | None = None, model_card_kwargs: dict | None = None, **push_to_hub_kwargs) -> str | None:
-        """Write the model directory atomically (a temporary folder next to the target replaces
-        it); with ``push_to_hub=True`` also upload it (``repo_id`` defaults to the folder name).
-        ``config`` / ``model_card_kwargs`` are accepted for the mixin's API and ignored: the
-        config and card are always generated from the model."""
-        target = Path(save_directory)
-        with output_dir(target) as tmp:
-            self.write_files(tmp)
-        if push_to_hub:
-            return self.push_to_hub(repo_id or target.name, **push_to_hub_kwargs)
-        return None
-
-    # ----- load ------------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, encoder: Encoder | None = None,
-                        device: str | torch.device | None = None, **hub_kwargs) -> "PersonalRewardModel":
-        """Load an exported directory or a Hub repo id (``revision=``, ``token=``,
-        ``cache_dir=``... go to huggingface_hub). ``encoder``: reuse an encoder instance
-        instead of building it from the saved reference; ``device``: move the model there."""
-        text = str(pretrained_model_name_or_path)
-        path = Path(text).expanduser()
-        if path.exists():
-            if not path.is_dir():
-                raise PalMMError(f"{text}: not a model directory")
-            read_export_config(path)  # a clear error for a full PAL model or a foreign folder
-            return super().from_pretrained(str(path), encoder=encoder, device=device, **hub_kwargs)
-        if not _looks_like_repo_id(text):
-            raise PalMMError(f"{text}: no such model directory")
-        try:
-            return super().from_pretrained(text, encoder=encoder, device=device, **hub_kwargs)
-        except EncoderError:
-            raise
-        except Exception as e:  # network, auth, missing repo
-            raise PalMMError(f"{text}: no such directory, and not loadable from the Hub ({type(e).__name__})") from None
+        return personal_model_card(self.export_config, self.config, **kwargs)
 
     @classmethod
-    def _from_pretrained(cls, *, model_id: str, revision: str | None = None, cache_dir=None, force_download: bool = False,
-                         local_files_only: bool = False, token=None, config: dict | None = None,
-                         encoder: Encoder | None = None, device: str | torch.device | None = None,
-                         **unused) -> "PersonalRewardModel":
-        """PyTorchModelHubMixin hook: the files are read from a local folder or a Hub snapshot."""
-        if os.path.isdir(model_id):
-            directory = Path(model_id)
-        else:
-            from huggingface_hub import snapshot_download
-
-            directory = Path(snapshot_download(repo_id=model_id, revision=revision, cache_dir=cache_dir,
-                                               force_download=force_download, token=token, local_files_only=local_files_only))
+    def _load_dir(cls, directory: Path, encoder: Encoder | None = None, trust_remote_code: bool = False,
+                  device: str | None = None) -> "PersonalRewardModel":
         cfg = read_export_config(directory)
+        verify_files(directory, cfg)
         model = cls(cfg)
+        model._trust_remote_code, model._device = bool(trust_remote_code), device
         model._load_weights(directory / WEIGHTS_NAME)
         if cfg["encoder"].get("fine_tuned"):
             model._encoder_state_file = directory / ENCODER_WEIGHTS_NAME
@@ -316,7 +245,7 @@ class PersonalRewardModel(
         head_state = self.head.state_dict()
         expected = {HEAD_PREFIX + k: v for k, v in head_state.items() if k != "user_logits"}
         expected[MIXTURE_KEY] = self.mixture_weights
-        tensors = _load_tensors(file, expected)
+        tensors = load_tensors(file, expected)
         state = {k[len(HEAD_PREFIX):]: v for k, v in tensors.items() if k.startswith(HEAD_PREFIX)}
         state["user_logits"] = head_state["user_logits"]
         self.head.load_state_dict(state)
@@ -330,10 +259,6 @@ class PersonalRewardModel(
 # ------------------------------------------------------------------------------------------
 # Config
 # ------------------------------------------------------------------------------------------
-def _looks_like_repo_id(text: str) -> bool:
-    return text.count("/") == 1 and not text.startswith((".", "/", "~")) and " " not in text
-
-
 def validate_config(config: dict) -> dict:
     """Check an exported config (a deep copy is returned)."""
     if not isinstance(config, dict) or config.get("pal_mm_format") != FORMAT:
@@ -342,26 +267,36 @@ def validate_config(config: dict) -> dict:
     try:
         head = PALConfig.from_dict(cfg["head"])
         enc = cfg["encoder"]
-        weights = [float(x) for x in cfg["mixture"]["weights"]]
-        enc["name"]
+        weights = cfg["mixture"]["weights"]
+        if not isinstance(enc, dict) or not isinstance(enc["name"], str) or not isinstance(weights, list):
+            raise TypeError("encoder must be an object with a name, mixture weights a list")
     except (KeyError, TypeError, ValueError) as e:
         raise PalMMError(f"corrupt exported model config ({type(e).__name__}: {e})") from None
-    if head.model_type != "single-rm":
+    if not all(finite_float(x) for x in weights):
+        raise PalMMError("config.json mixture weights must be finite numbers")
+    if _head_has_users(head):
         check_simplex(weights, head.k, "config.json mixture weights")
     elif len(weights) != head.k:
         raise PalMMError(f"config.json mixture weights: expected {head.k} entries, got {len(weights)}")
-    if int(cfg.get("format_version", 1)) > FORMAT_VERSION:
-        raise PalMMError(f"exported model format version {cfg['format_version']} is newer than this pal-mm "
+    version = cfg.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise PalMMError(f"exported model format version {version!r} is newer than this pal-mm "
                          f"({__version__}) understands ({FORMAT_VERSION}); upgrade pal-mm")
     return cfg
 
 
+def _head_has_users(head: PALConfig) -> bool:
+    from .heads import get_head_class
+
+    return get_head_class(head.model_type).has_user_state
+
+
 def read_export_config(directory: str | os.PathLike) -> dict:
     directory = Path(directory)
-    cfg = read_config(directory, "model directory")
-    if not isinstance(cfg, dict) or cfg.get("pal_mm_format") != FORMAT:
+    cfg = read_config(directory, kind="pal-mm reward model directory")
+    if cfg.get("pal_mm_format") != FORMAT:
         hint = " (a full PAL model: load it with PALModel.from_pretrained, or export it with `pal-mm export`)" \
-            if isinstance(cfg, dict) and "head" in cfg and (directory / USERS_NAME).is_file() else ""
+            if "head" in cfg and (directory / "users.json").is_file() else ""
         raise PalMMError(f"{directory}: not an exported pal-mm reward model{hint}")
     try:
         return validate_config(cfg)
@@ -374,7 +309,7 @@ def is_personal_model_dir(path: str | os.PathLike) -> bool:
     p = Path(str(path)).expanduser()
     if p.is_dir():
         file = p / CONFIG_NAME
-    elif not p.exists() and _looks_like_repo_id(str(path)):
+    elif not p.exists() and looks_like_repo_id(str(path)):
         try:
             from huggingface_hub import hf_hub_download
 
@@ -384,8 +319,8 @@ def is_personal_model_dir(path: str | os.PathLike) -> bool:
     else:
         return False
     try:
-        cfg = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError):
+        cfg = read_json(file)
+    except PalMMError:
         return False
     return isinstance(cfg, dict) and cfg.get("pal_mm_format") == FORMAT
 
@@ -400,7 +335,7 @@ def build_config(head_config: PALConfig, encoder_ref: dict, weights: torch.Tenso
     ref = dict(encoder_ref)
     for key, value in _modalities(ref["name"]).items():
         ref.setdefault(key, value)
-    cfg = {
+    return {
         "pal_mm_format": FORMAT,
         "format_version": FORMAT_VERSION,
         "pal_mm_version": __version__,
@@ -409,39 +344,11 @@ def build_config(head_config: PALConfig, encoder_ref: dict, weights: torch.Tenso
         "mixture": {**mixture, "weights": [float(x) for x in weights.tolist()]},
         "source_model": source,
     }
-    return cfg
 
 
 # ------------------------------------------------------------------------------------------
 # Export
 # ------------------------------------------------------------------------------------------
-def _read_pal_dir(directory: Path) -> dict:
-    """A PAL model directory without building its encoder: config, users, the loaded head."""
-    cfg = read_config(directory)
-    if isinstance(cfg, dict) and cfg.get("pal_mm_format") == FORMAT:
-        raise PalMMError(f"{directory}: already an exported one-user reward model ({describe_mixture(cfg.get('mixture', {}))}); "
-                         "export from the full PAL model directory")
-    try:
-        head_cfg = PALConfig.from_dict(cfg["head"])
-        enc_cfg = dict(cfg["encoder"])
-        users_blob = json.loads((directory / USERS_NAME).read_text())
-        users = [str(u) for u in users_blob["users"]]
-    except FileNotFoundError as e:
-        raise PalMMError(f"{directory}: missing file {Path(e.filename).name}") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise PalMMError(f"{directory}: corrupt model config ({type(e).__name__}: {e})") from None
-    with torch.random.fork_rng(devices=[]):
-        head = PALHead(head_cfg, num_users=len(users))
-    head.load_state_dict(_load_tensors(directory / WEIGHTS_NAME, head.state_dict()))
-    enc_file = directory / ENCODER_WEIGHTS_NAME if enc_cfg.get("fine_tuned") else None
-    if enc_file is not None and not enc_file.is_file():
-        raise PalMMError(f"{directory}: missing file {ENCODER_WEIGHTS_NAME} (the encoder was fine-tuned)")
-    enc_ref = {"name": enc_cfg["name"], "config": enc_cfg.get("config", {}), "fingerprint": enc_cfg.get("fingerprint"),
-               "fine_tuned": bool(enc_cfg.get("fine_tuned"))}
-    return {"head_config": head_cfg, "head": head, "users": users, "groups": users_blob.get("groups", {}) or {},
-            "encoder_ref": enc_ref, "encoder_file": enc_file, "metrics": cfg.get("metrics", {}), "data": cfg.get("data", {})}
-
-
 def export_personal_model(source: PALModel | str | os.PathLike, *, user: str | None = None, weights=None, logits=None,
                           prototype: int | str | None = None) -> PersonalRewardModel:
     """Fix the mixture weight of a PAL model (an in-memory :class:`PALModel` or a model
@@ -449,28 +356,44 @@ def export_personal_model(source: PALModel | str | os.PathLike, *, user: str | N
     ``weights`` (K values on the simplex), ``logits`` (softmax-ed) or ``prototype`` (0-based);
     a single-rm model needs none. Exporting from a directory never loads the encoder."""
     if isinstance(source, PALModel):
-        src = {"head_config": source.config, "head": source.head, "users": list(source.users),
-               "groups": dict(source.user_groups), "encoder_ref": encoder_reference(source.encoder),
-               "encoder_file": None, "metrics": source.metrics, "data": source.data_info}
+        head_config, head, users, groups = source.config, source.head, list(source.users), dict(source.user_groups)
+        enc_ref, enc_file, metrics, data = encoder_reference(source.encoder), None, source.metrics, source.data_info
         encoder = source.encoder
     else:
-        src = _read_pal_dir(_resolve_model_dir(source))
-        encoder = None
-    head: PALHead = src["head"]
-    w, mixture = resolve_mixture(head, src["users"], user=user, weights=weights, logits=logits, prototype=prototype)
-    group = src["groups"].get(mixture.get("user")) if mixture.get("user") is not None else None
-    cfg = build_config(src["head_config"], src["encoder_ref"], w, mixture, len(src["users"]), src["metrics"], src["data"], group)
-    if src["head_config"].model_type == "pal-b":  # r = min(e^s, s_max) * cos: bounded by the scale
-        scale = float(head.scale().detach())
-        cfg["reward_range"] = [-scale, scale]
+        saved = read_pal_dir(_model_directory(source))
+        head_config, head, users, groups = saved.head_config, saved.head, saved.users, saved.groups
+        ref = saved.encoder_ref
+        enc_ref = {"name": ref["name"], "config": ref.get("config") or {}, "fingerprint": ref.get("fingerprint"),
+                   "fine_tuned": bool(ref.get("fine_tuned"))}
+        enc_file, metrics, data, encoder = saved.encoder_file, saved.metrics, saved.data_info, None
+    w, mixture = resolve_mixture(head, users, user=user, weights=weights, logits=logits, prototype=prototype)
+    group = groups.get(mixture.get("user")) if mixture.get("user") is not None else None
+    cfg = build_config(head_config, enc_ref, w, mixture, len(users), metrics, data, group)
+    bounds = head.reward_range()
+    if bounds is not None:
+        cfg["reward_range"] = list(bounds)
     model = PersonalRewardModel(cfg, encoder=encoder)
     state = {k: v for k, v in head.state_dict().items() if k != "user_logits"}
     state["user_logits"] = model.head.user_logits
     model.head.load_state_dict(state)
     with torch.no_grad():
         model.mixture_weights.copy_(w)
-    model._encoder_state_file = src["encoder_file"]
+    model._encoder_state_file = enc_file
     return model.eval()
+
+
+def _model_directory(source: str | os.PathLike) -> Path:
+    p = Path(str(source)).expanduser()
+    if p.is_dir():
+        return p
+    if not p.exists() and looks_like_repo_id(str(source)):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(str(source)))
+        except Exception as e:
+            raise PalMMError(f"{source}: no such directory, and not downloadable from the Hub ({type(e).__name__})") from None
+    raise PalMMError(f"{source}: no such model directory")
 
 
 def load_reward_model(path: str | os.PathLike, **kwargs):
@@ -478,3 +401,7 @@ def load_reward_model(path: str | os.PathLike, **kwargs):
     if is_personal_model_dir(path):
         return PersonalRewardModel.from_pretrained(path, **kwargs)
     return PALModel.from_pretrained(path, **kwargs)
+
+
+__all__ = ["PersonalRewardModel", "build_config", "encoder_reference", "export_personal_model", "is_personal_model_dir",
+           "load_reward_model", "read_export_config", "validate_config"]

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from .errors import PalMMError
-from .heads import PALHead
+from .heads import PreferenceHead
 
 #: tolerance of the simplex check on explicit weights (sum and negativity)
 SIMPLEX_TOL = 1e-4
@@ -55,7 +55,7 @@ def parse_prototype(value: int | str, k: int) -> int:
     return idx
 
 
-def resolve_mixture(head: PALHead, users: Sequence[str], user: str | None = None, weights=None, logits=None,
+def resolve_mixture(head: PreferenceHead, users: Sequence[str], user: str | None = None, weights=None, logits=None,
                     prototype=None) -> tuple[torch.Tensor, dict]:
     """The fixed (K,) float32 weights and a description of where they come from."""
     k = head.config.k
@@ -64,7 +64,7 @@ def resolve_mixture(head: PALHead, users: Sequence[str], user: str | None = None
     if len(given) > 1:
         raise PalMMError(f"give only one of user, weights, logits or prototype (got {', '.join(given)})")
     if not given:
-        if head.config.model_type == "single-rm":  # no users: the weights are unused
+        if not head.has_user_state:  # no users (the single RM): the weights are unused
             return torch.full((k,), 1.0 / k), {"source": "none"}
         raise PalMMError("choose whose reward model to export: give a user, weights (w1,...,wK), logits or a prototype index")
     if user is not None:

@@ -5,38 +5,35 @@
 
 from __future__ import annotations
 
-import json
-import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
 
-from encoders.atomic import output_dir
 from encoders.base import Encoder
 
-from .version import __version__
-from .errors import PalMMError
 from .config import PALConfig
-from .heads import PALHead
+from .errors import PalMMError
+from .heads import create_head
+from .hub import (ENCODER_WEIGHTS_NAME, USERS_NAME, WEIGHTS_NAME, HubModel, encoder_from_reference, load_tensors,
+                  read_config, read_users, strict_dumps, tensors_bytes, verify_files, write_model_files)
 from .mixture import check_simplex
+from .version import __version__
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-ENCODER_WEIGHTS_NAME = "encoder.safetensors"
-USERS_NAME = "users.json"
+FORMAT = "pal-model"
+FORMAT_VERSION = 1
 
 
-class PALModel(nn.Module):
+class PALModel(HubModel, library_name="pal-mm", license="apache-2.0", repo_url="https://github.com/pal-mm/pal-mm",
+               tags=["reward-model", "personalized-alignment", "pal"]):
     """A personalised reward model: ``reward(prompt, response; user) -> float``."""
 
     def __init__(self, config: PALConfig, encoder: Encoder, users: Sequence[str] = (), user_groups: dict | None = None):
         super().__init__()
         self.config = config
         self.encoder = encoder
-        self.head = PALHead(config, num_users=len(users))
+        self.head = create_head(config, num_users=len(users))
         self.users: list[str] = list(users)
         self.user_groups: dict[str, str] = dict(user_groups or {})
         self.metrics: dict[str, Any] = {}  # shown in the model card, saved in config.json
@@ -127,23 +124,17 @@ class PALModel(nn.Module):
         return n + sum(p.numel() for p in self.encoder.parameters() if p.requires_grad)
 
     # ----- save / load ----------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write config.json, model.safetensors, users.json and README.md atomically: the files
-        go to a temporary folder next to the target, which then replaces it."""
-        with output_dir(save_directory) as tmp:
-            self.write_files(tmp)
-
-    def write_files(self, directory: Path) -> None:
-        """Write the model files into an existing directory (no atomicity; see save_pretrained)."""
-        from .model_card import model_card
-
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
-        save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "pal_mm": __version__})
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The mixin's hook: model.safetensors, users.json, encoder.safetensors (fine-tuned encoders
+        only), then config.json with their checksums."""
+        files = {WEIGHTS_NAME: tensors_bytes(self.head.state_dict()),
+                 USERS_NAME: (strict_dumps({"users": self.users, "groups": self.user_groups}, indent=1) + "\n").encode()}
         fine_tuned = self.encoder.weights_changed
         if fine_tuned:
-            enc_state = {k: v.detach().cpu().contiguous() for k, v in self.encoder.state_dict().items()}
-            save_file(enc_state, str(directory / ENCODER_WEIGHTS_NAME))
+            files[ENCODER_WEIGHTS_NAME] = tensors_bytes(self.encoder.state_dict())
         config = {
+            "pal_mm_format": FORMAT,
+            "format_version": FORMAT_VERSION,
             "pal_mm_version": __version__,
             "head": self.config.to_dict(),
             "encoder": {"name": self.encoder.name, "config": self.encoder.config(), "fingerprint": self.encoder.fingerprint(),
@@ -151,78 +142,72 @@ class PALModel(nn.Module):
             "num_users": len(self.users),
             "metrics": self.metrics,
             "data": self.data_info,
+            **self._hub_config(),
         }
-        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str) + "\n")
-        (directory / USERS_NAME).write_text(json.dumps({"users": self.users, "groups": self.user_groups}, indent=1) + "\n")
-        (directory / "README.md").write_text(model_card(self))
+        write_model_files(Path(save_directory), config, files)
+
+    def generate_model_card(self, **kwargs):
+        from .model_card import pal_model_card
+
+        return pal_model_card(self, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, encoder: Encoder | None = None) -> "PALModel":
-        """Load a model directory (or a Hub repo id, downloaded with huggingface_hub)."""
-        directory = _resolve_model_dir(path)
-        cfg = read_config(directory)
-        try:
-            head_cfg = PALConfig.from_dict(cfg["head"])
-            enc_cfg = cfg["encoder"]
-            users_blob = json.loads((directory / USERS_NAME).read_text())
-        except FileNotFoundError as e:
-            raise PalMMError(f"{directory}: missing file {Path(e.filename).name}") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise PalMMError(f"{directory}: corrupt model config ({type(e).__name__}: {e})") from None
+    def _load_dir(cls, directory: Path, encoder: Encoder | None = None, trust_remote_code: bool = False,
+                  device: str | None = None) -> "PALModel":
+        """Build the model from a verified folder (see :mod:`pal_mm.hub` for what is checked)."""
+        saved = read_pal_dir(directory)
         if encoder is None:
-            from encoders import create_encoder  # late: encoders imports pal_mm.errors
-
-            encoder = create_encoder(enc_cfg["name"], **enc_cfg.get("config", {}))
-        encoder.bind_dims(head_cfg.prompt_dim, head_cfg.item_dim)
-        model = cls(head_cfg, encoder, users_blob["users"], users_blob.get("groups", {}))
-        model.metrics = cfg.get("metrics", {})
-        model.data_info = cfg.get("data", {})
-        model.head.load_state_dict(_load_tensors(directory / WEIGHTS_NAME, model.head.state_dict()))
-        if enc_cfg.get("fine_tuned"):
-            model.encoder.load_state_dict(_load_tensors(directory / ENCODER_WEIGHTS_NAME, model.encoder.state_dict()))
-        model.eval()
-        return model
+            encoder = encoder_from_reference(saved.encoder_ref, directory, trust_remote_code=trust_remote_code, device=device)
+        encoder.bind_dims(saved.head_config.prompt_dim, saved.head_config.item_dim)
+        model = cls(saved.head_config, encoder, saved.users, saved.groups)
+        model.head = saved.head
+        model.metrics, model.data_info = saved.metrics, saved.data_info
+        if saved.encoder_file is not None:
+            model.encoder.load_state_dict(load_tensors(saved.encoder_file, model.encoder.state_dict()))
+        if device is not None:
+            model.head.to(device)
+        return model.eval()
 
 
-def read_config(directory: Path, kind: str = "pal-mm model directory") -> Any:
-    """The parsed ``config.json`` of a model directory, or a one-line error naming the file."""
-    file = directory / CONFIG_NAME
-    if not file.is_file():
-        raise PalMMError(f"{directory}: not a {kind} (no {CONFIG_NAME})")
+@dataclass
+class SavedPALModel:
+    """A verified PAL model directory, read without building its encoder."""
+
+    config: dict
+    head_config: PALConfig
+    head: torch.nn.Module
+    users: list[str]
+    groups: dict[str, str]
+    encoder_ref: dict
+    encoder_file: Path | None
+    metrics: dict
+    data_info: dict
+
+
+def read_pal_dir(directory: Path) -> SavedPALModel:
+    """Read and verify a full PAL model directory: config, checksums, users, the loaded head."""
+    cfg = read_config(directory)
+    fmt = cfg.get("pal_mm_format", FORMAT)  # directories saved before the format key was added have none
+    if fmt == "personal-reward-model":
+        raise PalMMError(f"{directory}: already an exported one-user reward model, not a full PAL model (load it with "
+                         "PersonalRewardModel.from_pretrained; export from the full PAL model directory)")
+    if fmt != FORMAT:
+        raise PalMMError(f"{directory}: not a pal-mm model directory (format {fmt!r})")
+    verify_files(directory, cfg)
     try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise PalMMError(f"{file}: corrupt model config (invalid JSON: {e.msg})") from None
-
-
-def _resolve_model_dir(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    if p.exists():
-        return p
-    text = str(path)
-    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
-        try:
-            from huggingface_hub import snapshot_download
-
-            return Path(snapshot_download(text))
-        except Exception as e:
-            raise PalMMError(f"{text}: no such directory, and not downloadable from the Hub ({type(e).__name__})") from None
-    raise PalMMError(f"{text}: no such model directory")
-
-
-def _load_tensors(file: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Load a safetensors file and check it against the expected names and shapes."""
-    if not file.is_file():
-        raise PalMMError(f"{file}: missing weights file")
-    try:
-        tensors = load_file(str(file))
-    except Exception as e:
-        raise PalMMError(f"{file}: corrupt weights file ({type(e).__name__}: {e})") from None
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise PalMMError(f"{file}: weights do not match the config (missing {missing[:3]}, unexpected {extra[:3]})")
-    for k, v in expected.items():
-        if tensors[k].shape != v.shape:
-            raise PalMMError(f"{file}: tensor {k} has shape {tuple(tensors[k].shape)}, config expects {tuple(v.shape)}")
-    return tensors
+        head_cfg = PALConfig.from_dict(cfg["head"])
+        enc_ref = cfg["encoder"]
+    except (KeyError, TypeError) as e:
+        raise PalMMError(f"{directory}: corrupt model config ({type(e).__name__}: {e})") from None
+    if not isinstance(enc_ref, dict) or not isinstance(enc_ref.get("name"), str):
+        raise PalMMError(f"{directory}: corrupt encoder reference in config.json")
+    users, groups = read_users(directory, cfg.get("num_users"))
+    head = create_head(head_cfg, num_users=len(users))
+    head.load_state_dict(load_tensors(directory / WEIGHTS_NAME, head.state_dict()))
+    enc_file = directory / ENCODER_WEIGHTS_NAME if enc_ref.get("fine_tuned") else None
+    if enc_file is not None and not enc_file.is_file():
+        raise PalMMError(f"{directory}: missing file {ENCODER_WEIGHTS_NAME} (the encoder was fine-tuned)")
+    metrics, data_info = cfg.get("metrics") or {}, cfg.get("data") or {}
+    if not isinstance(metrics, dict) or not isinstance(data_info, dict):
+        raise PalMMError(f"{directory}: corrupt model config ('metrics' and 'data' must be objects)")
+    return SavedPALModel(cfg, head_cfg, head.eval(), users, groups, enc_ref, enc_file, metrics, data_info)

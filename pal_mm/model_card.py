@@ -1,20 +1,17 @@
-"""The model card (``README.md`` with YAML front matter) written next to every saved model."""
+"""Model cards (``README.md``) for saved models, as ``huggingface_hub.ModelCard`` objects: the
+metadata (library, licence, tags, base model, evaluation results as a model index) in
+``ModelCardData``, then a short description and usage. No local paths: they stay on the machine."""
 
 from __future__ import annotations
 
 import json
 
-import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 ENCODER_BASE_MODELS = {
     "minilm": "sentence-transformers/all-MiniLM-L6-v2",
     "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
 }
-
-
-def front_matter(front: dict) -> list[str]:
-    """The card's YAML metadata block (what the Hub reads), then a blank line."""
-    return ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", ""]
 
 
 def _is_repo_id(text: str) -> bool:
@@ -34,37 +31,49 @@ def base_model_for(encoder_name: str, encoder_config: dict) -> str | None:
     return ENCODER_BASE_MODELS.get(encoder_name)
 
 
-def hub_metric_names(metrics: dict) -> list[str]:
-    """Hub ``metrics`` metadata is a list of metric ids; the values go in the ``pal`` section."""
-    return ["accuracy"] if any("accuracy" in str(k) for k in metrics) else []
+def public_data_info(data: dict) -> dict:
+    """Training-data facts without local file paths (keys ending in _file, _path or _dir)."""
+    return {k: v for k, v in (data or {}).items() if not str(k).endswith(("_file", "_path", "_dir"))}
 
 
-def _base_model(model) -> str | None:
-    return base_model_for(model.encoder.name, model.encoder.config())
+def eval_results(metrics: dict, model_name: str) -> list[EvalResult]:
+    """The validation accuracy as a Hub evaluation result (when there is one)."""
+    acc = (metrics or {}).get("val_accuracy")
+    if not isinstance(acc, (int, float)):
+        return []
+    return [EvalResult(task_type="text-classification", task_name="pairwise preference", dataset_type="custom",
+                       dataset_name="validation pairs of the seen users", metric_type="accuracy", metric_value=float(acc))]
 
 
-def model_card(model) -> str:
+def build_card(card_data: ModelCardData, lines: list[str]) -> ModelCard:
+    return ModelCard("---\n" + card_data.to_yaml() + "\n---\n\n" + "\n".join(lines))
+
+
+def _card_data(tags: list[str], base: str | None, pal: dict, metrics: dict, name: str, kwargs: dict) -> ModelCardData:
+    extra = {k: v for k, v in kwargs.items() if k not in ("description", "model_name")}
+    model_name = kwargs.get("model_name") or name
+    return ModelCardData(library_name="pal-mm", license="apache-2.0", tags=tags, base_model=base, model_name=model_name,
+                         eval_results=eval_results(metrics, model_name) or None, pal=pal, **extra)
+
+
+def pal_model_card(model, **kwargs) -> ModelCard:
+    """The card of a full PAL model; ``kwargs``: ``description`` (a paragraph), ``model_name``, or any
+    other ``ModelCardData`` field (``datasets=``, ``language=``...)."""
     c = model.config
-    front = {
-        "library_name": "pal-mm",
-        "license": "apache-2.0",
-        "tags": ["reward-model", "personalized-alignment", "pal", c.model_type],
-    }
-    base = _base_model(model)
-    if base:
-        front["base_model"] = base
-    front["pal"] = {"model_type": c.model_type, "k": c.k, "num_users": len(model.users), "encoder": model.encoder.name}
-    if model.metrics:
-        if hub_metric_names(model.metrics):
-            front["metrics"] = hub_metric_names(model.metrics)
-        front["pal"]["metrics"] = model.metrics
+    metrics = model.metrics or {}
+    data = public_data_info(model.data_info)
+    pal = {"model_type": c.model_type, "k": c.k, "num_users": len(model.users), "encoder": model.encoder.name}
+    if metrics:
+        pal["metrics"] = metrics
+    card_data = _card_data(["reward-model", "personalized-alignment", "pal", c.model_type], base_model_for(model.encoder.name, model.encoder.config()), pal, metrics,
+                           f"pal-mm {c.model_type} K={c.k}", kwargs)
     lines = [
-        *front_matter(front),
         f"# PAL reward model ({c.model_type}, K = {c.k})",
         "",
         "A personalised reward model trained with [pal-mm](https://github.com/pal-mm/pal-mm): every user is a",
         f"point on the {c.k}-simplex of shared prototypes (PAL, Chen et al., ICLR 2025).",
         "",
+        *([kwargs["description"], ""] if kwargs.get("description") else []),
         "| | |",
         "|---|---|",
         f"| model | {c.model_type}, K = {c.k}, projector `{c.projector}`, width {c.width} |",
@@ -72,44 +81,34 @@ def model_card(model) -> str:
         f"| users | {len(model.users)} |",
         f"| learned parameters | {model.num_learned_parameters():,} |",
     ]
-    if model.data_info:
-        lines.append(f"| data | {json.dumps(model.data_info, default=str)} |")
-    if model.metrics:
-        lines += ["", "## Metrics", "", "```json", json.dumps(model.metrics, indent=2, default=str), "```"]
+    if data:
+        lines.append(f"| data | {json.dumps(data, default=str)} |")
+    if metrics:
+        lines += ["", "## Metrics", "", "```json", json.dumps(metrics, indent=2, default=str), "```"]
     lines += [
         "",
         "## Use",
         "",
         "```python",
         "from pal_mm import PALModel",
-        "model = PALModel.from_pretrained(\"path/to/this/folder\")",
+        "model = PALModel.from_pretrained(\"path/or/repo-id\")",
         "model.reward(\"a prompt\", [\"response A\", \"response B\"], user=model.users[0])",
         "```",
         "",
     ]
-    return "\n".join(lines)
+    return build_card(card_data, lines)
 
 
-def personal_model_card(cfg: dict, c) -> str:
+def personal_model_card(cfg: dict, c, **kwargs) -> ModelCard:
     """The card of an exported one-user reward model (``pal_mm.export``): ``cfg`` is its
-    config.json content, ``c`` its PALConfig."""
+    config.json content, ``c`` its PALConfig; ``kwargs`` as for :func:`pal_model_card`."""
     from .mixture import describe_mixture
 
     enc, mixture, source = cfg["encoder"], cfg["mixture"], cfg.get("source_model", {})
     image = enc.get("item_modality") == "image"
     modality_tag = {"image": "text-to-image", "text": "text", "vector": "embeddings"}.get(enc.get("item_modality"))
-    front = {
-        "library_name": "pal-mm",
-        "license": "apache-2.0",
-        "tags": ["reward-model", "personalized-alignment", "pal", c.model_type, "personal-reward-model"]
-        + ([modality_tag] if modality_tag else []),
-    }
-    base = base_model_for(enc["name"], enc.get("config") or {})
-    if base:
-        front["base_model"] = base
+    tags = ["reward-model", "personalized-alignment", "pal", c.model_type, "personal-reward-model"] + ([modality_tag] if modality_tag else [])
     metrics = source.get("metrics") or {}
-    if hub_metric_names(metrics):
-        front["metrics"] = hub_metric_names(metrics)
     pal = {"format": cfg["pal_mm_format"], "model_type": c.model_type, "k": c.k,
            "exported_for": {k: v for k, v in mixture.items() if k in ("source", "user", "prototype", "logits")},
            "weights": [round(float(x), 8) for x in mixture["weights"]],
@@ -121,21 +120,22 @@ def personal_model_card(cfg: dict, c) -> str:
         pal["reward_range"] = [round(float(x), 6) for x in cfg["reward_range"]]
     if metrics:
         pal["metrics"] = metrics
-    front["pal"] = pal
     who = describe_mixture(mixture)
+    card_data = _card_data(tags, base_model_for(enc["name"], enc.get("config") or {}), pal, metrics,
+                           f"pal-mm reward model for {who}", kwargs)
     item = "image" if image else "response"
     lines = [
-        *front_matter(front),
         f"# PAL reward model for {who} ({c.model_type}, K = {c.k})",
         "",
         "A standard scalar reward model exported with [pal-mm](https://github.com/pal-mm/pal-mm) from a personalised",
         f"PAL model (Chen et al., ICLR 2025): the mixture of the {c.k} shared prototypes is fixed to",
         f"`{pal['weights']}` ({who}), so `(prompt, {item}) -> one number`.",
         "",
+        *([kwargs["description"], ""] if kwargs.get("description") else []),
         "| | |",
         "|---|---|",
         f"| model | {c.model_type}, K = {c.k}, projector `{c.projector}`, width {c.width} |",
-        f"| encoder | `{enc['name']}` {json.dumps(enc.get('config') or {}, default=str)} "
+        f"| encoder | `{enc['name']}` {json.dumps(_public_options(enc.get('config') or {}), default=str)} "
         f"({'fine-tuned weights bundled in encoder.safetensors' if enc.get('fine_tuned') else 'referenced, not bundled'}) |",
         f"| encoder fingerprint | `{enc.get('fingerprint')}` |",
         f"| exported from | a PAL model with {source.get('num_users')} users |",
@@ -165,4 +165,14 @@ def personal_model_card(cfg: dict, c) -> str:
         "Command line: `pal-mm score --model path/to/this/folder --prompt P --response R`.",
         "",
     ]
-    return "\n".join(lines)
+    return build_card(card_data, lines)
+
+
+def _public_options(options: dict) -> dict:
+    """Encoder options for the card: local paths replaced by their last component."""
+    from pathlib import PurePath
+
+    out = {}
+    for k, v in options.items():
+        out[k] = PurePath(v).name if isinstance(v, str) and v.startswith(("/", "~", ".")) else v
+    return out

@@ -1,17 +1,27 @@
-"""Training PAL on seen users: AdamW with per-group learning rates, early stopping on the
-validation loss (never the test set), accelerate for device / mixed precision / multi-GPU.
+"""Training a preference head on seen users: one epoch loop for frozen and fine-tuned encoders.
+
+AdamW with per-group learning rates, early stopping on the validation loss (never the test set),
+restarts kept by validation loss, accelerate for device / mixed precision / multi-GPU, a checkpoint
+after every epoch (``--resume`` continues a killed run), and a finite-loss check on every step.
 
 The loop, in one look::
 
-    encode train/val once  ->  build model, fit input normalisers on train embeddings
-    for epoch:  for batch:  loss(margin(chosen, rejected))  ->  backward  ->  step
-                evaluate val loss/accuracy  ->  keep the best state  ->  stop after `patience`
+    encode train once (frozen encoder, through the cache) -> build the model, fit input normalisers
+    [fine-tuning: unfreeze the encoder, or its top N blocks]
+    for restart:  for epoch:  for batch:  PairLoss(batch) -> backward -> [clip] -> step
+                              validation loss/accuracy -> keep the best state -> checkpoint -> stop after `patience`
+    keep the restart with the lowest validation loss
+
+A batch is either slices of embedding tensors already in memory (frozen encoder) or raw inputs that
+:class:`PairLoss` encodes with gradients (fine-tuned encoder); everything else is shared.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import math
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -20,28 +30,37 @@ from typing import Callable
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from encoders.atomic import write_text
 from encoders.base import Encoder
 
-from .data import PreferenceData
-from .embedding import EncodedPairs, encode_data
-from .errors import PalMMError
+from .checkpoint import load_checkpoint, optimizer_tensors, restore_optimizer, restore_rng, rng_tensors, save_checkpoint
 from .config import PALConfig, TrainConfig
+from .data import PreferenceData
+from .embedding import EncodedPairs, check_modalities, encode_data
+from .errors import PalMMError
+from .finetune import token_level_loss
 from .model import PALModel
 from .tracking import make_trackers
 
+#: TrainConfig field giving each parameter group's learning rate; other groups use lr_projector
+GROUP_LR = {"projector_f": "lr_projector", "projectors_gk": "lr_projector", "P": "lr_prototypes", "W": "lr_users",
+            "logit_scale": "lr_logit_scale"}
+
 
 def optimizer_groups(model: PALModel, tc: TrainConfig) -> list[dict]:
-    lrs = {"projector_f": tc.lr_projector, "projectors_gk": tc.lr_projector, "P": tc.lr_prototypes,
-           "W": tc.lr_users, "logit_scale": tc.lr_logit_scale}
+    """AdamW groups: the head's groups at their rates (weight decay on ``projector*`` only), plus the
+    trainable encoder parameters at ``lr_encoder``."""
     groups = []
     for name, params in model.head.param_groups().items():
         params = [p for p in params if p.requires_grad]
         if params:
             wd = tc.weight_decay if name.startswith("projector") else 0.0
-            groups.append({"params": params, "lr": lrs[name], "weight_decay": wd, "name": name})
+            groups.append({"params": params, "lr": getattr(tc, GROUP_LR.get(name, "lr_projector")), "weight_decay": wd,
+                           "name": name})
     enc = [p for p in model.encoder.parameters() if p.requires_grad]
     if enc:
         groups.append({"params": enc, "lr": tc.lr_encoder, "weight_decay": 0.0, "name": "encoder"})
@@ -58,6 +77,9 @@ def build_model(train: EncodedPairs, encoder: Encoder, config: PALConfig, user_g
     return model
 
 
+# ------------------------------------------------------------------------------------------
+# Scoring known users' pairs (validation, evaluation)
+# ------------------------------------------------------------------------------------------
 @torch.no_grad()
 def pair_rewards(model: PALModel, pairs: EncodedPairs, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """(n,), (n,) rewards of the chosen and of the rejected items, for known users, in eval mode."""
@@ -69,10 +91,10 @@ def pair_rewards(model: PALModel, pairs: EncodedPairs, batch_size: int = 4096) -
     chosen, rejected = [], []
     for s in range(0, len(pairs), batch_size):
         sl = slice(s, s + batch_size)
-        prompt = pairs.prompt[sl].to(device)
-        ideal = head.ideal_point(prompt, head.user_weights(idx[sl].to(device)))
-        chosen.append(head.score(ideal, head.item_embedding(prompt, pairs.chosen[sl].to(device))).float().cpu())
-        rejected.append(head.score(ideal, head.item_embedding(prompt, pairs.rejected[sl].to(device))).float().cpu())
+        r_c, r_r = head.pair_rewards(pairs.prompt[sl].to(device), pairs.chosen[sl].to(device),
+                                     pairs.rejected[sl].to(device), head.user_weights(idx[sl].to(device)))
+        chosen.append(r_c.float().cpu())
+        rejected.append(r_r.float().cpu())
     head.train(was_training)
     empty = torch.zeros(0)
     return (torch.cat(chosen) if chosen else empty), (torch.cat(rejected) if rejected else empty)
@@ -96,12 +118,61 @@ def validation_metrics(model: PALModel, val: EncodedPairs) -> dict:
 @torch.no_grad()
 def mixture_mass(model: PALModel) -> dict:
     """Mean weight of each prototype over the known users (how much each prototype is used)."""
-    if model.head.num_users == 0 or model.config.model_type == "single-rm":
+    if model.head.num_users == 0 or not model.head.has_user_state:
         return {}
-    w = torch.softmax(model.head.user_logits.float(), dim=-1).mean(0)
+    w = model.head.weights_from_logits(model.head.user_logits.float()).mean(0)
     return {f"mixture_mass_{k}": round(float(v), 6) for k, v in enumerate(w)}
 
 
+# ------------------------------------------------------------------------------------------
+# One batch -> one loss
+# ------------------------------------------------------------------------------------------
+class PairLoss(nn.Module):
+    """``forward(prompts, chosen, rejected, user_idx) -> scalar loss``: embeddings (frozen encoder) go
+    straight to the head; raw inputs (fine-tuned encoder) are encoded with gradients first. A module,
+    so that accelerate / DDP see one forward pass."""
+
+    def __init__(self, model: PALModel, token_level: bool = False, weighting: str = "cumulative"):
+        super().__init__()
+        self.model = model
+        self.token_level = token_level
+        self.weighting = weighting
+
+    def forward(self, prompts, chosen, rejected, user_idx: torch.Tensor) -> torch.Tensor:
+        head, encoder = self.model.head, self.model.encoder
+        if self.token_level:
+            return token_level_loss(head, encoder, prompts, chosen, rejected, head.user_weights(user_idx), self.weighting)
+        if not isinstance(prompts, torch.Tensor):
+            prompts = encoder.embed(prompts, "prompt").float()  # a bf16/fp16 backbone feeds an fp32 head
+            items = encoder.embed(list(chosen) + list(rejected), "item").float()
+            chosen, rejected = items[: len(chosen)], items[len(chosen):]
+        return head.training_loss(prompts, chosen, rejected, user_idx)
+
+
+class _Batches:
+    """How a run's batches are made: slices of embedding tensors, or raw inputs for the encoder."""
+
+    def __init__(self, frozen: EncodedPairs, raw: PreferenceData | None, user_idx: torch.Tensor):
+        self.raw = raw
+        self.user_idx = user_idx
+        self.tensors = (frozen.prompt, frozen.chosen, frozen.rejected, user_idx)
+
+    def collate(self, idx: list[int]):
+        if self.raw is None:  # gathered by slicing whole tensors (no per-row collate cost)
+            return tuple(t[torch.as_tensor(idx)] for t in self.tensors)
+        return list(idx)
+
+    def unpack(self, batch, device) -> tuple:
+        if self.raw is None:
+            return batch
+        d = self.raw
+        return ([d.prompts[i] for i in batch], [d.chosen[i] for i in batch], [d.rejected[i] for i in batch],
+                self.user_idx[batch].to(device))
+
+
+# ------------------------------------------------------------------------------------------
+# fit
+# ------------------------------------------------------------------------------------------
 class BestEpoch:
     """Tracks the epoch with the lowest validation loss (its state is kept) and says when
     ``patience`` epochs without improvement have passed (``patience=0``: never)."""
@@ -131,13 +202,12 @@ class BestEpoch:
             out.update(val_loss=round(self.val_loss, 6), val_accuracy=round(history[self.epoch - 1]["val_accuracy"], 6))
         return out
 
+    def to_json(self) -> dict:
+        return {"val_loss": self.val_loss, "epoch": self.epoch, "bad_epochs": self.bad_epochs}
 
-def write_record(record: dict, metrics_file, bar) -> None:
-    """One epoch's record: a line of metrics.jsonl (when a file is open) and the progress bar."""
-    if metrics_file:
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
-    bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("train_loss", "val_loss", "val_accuracy")})
+    def load(self, blob: dict, state: dict | None) -> None:
+        self.val_loss, self.epoch, self.bad_epochs = float(blob["val_loss"]), int(blob["epoch"]), int(blob["bad_epochs"])
+        self.state = state
 
 
 def fit(
@@ -149,102 +219,313 @@ def fit(
     cache=None,
     metrics_path: str | Path | None = None,
     user_groups: dict | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> PALModel:
-    """Train a PAL model on seen users and return it with the best-validation weights.
+    """Train a head on seen users and return the model with the best-validation weights.
 
     ``train``/``val`` may be raw :class:`PreferenceData` (encoded here, through ``cache``) or
-    already-encoded :class:`EncodedPairs` (experiments encode once and train many heads).
-    With ``train_config.restarts > 1`` the head is trained from that many initialisations
-    (seeds ``seed``, ``seed + 1``, ...) and the one with the lowest validation loss is returned
-    (mixtures of prototypes can settle in a poor split; a restart is the usual cure)."""
+    already-encoded :class:`EncodedPairs` (experiments encode once and train many heads); fine-tuning
+    the encoder (``train_config.fine_tunes_encoder``) needs raw data. With ``restarts > 1`` the head is
+    trained from that many initialisations (seeds ``seed``, ``seed + 1``, ...) and the one with the
+    lowest validation loss is returned. With ``checkpoint_dir`` a checkpoint is written after every
+    epoch; ``resume=True`` continues from it (same data and settings) and ends with the same model as
+    an uninterrupted run."""
     tc = train_config or TrainConfig()
+    config = copy.deepcopy(config or PALConfig())
+    finetune = tc.fine_tunes_encoder
+    raw_train = raw_val = None
     if isinstance(train, PreferenceData):
         user_groups = user_groups or train.user_groups()
+        check_modalities(encoder, train)
+        raw_train = train
+        if finetune:
+            encoder.freeze()
         train = encode_data(encoder, train, cache)
     if isinstance(val, PreferenceData):
+        check_modalities(encoder, val)
+        raw_val = val
         val = encode_data(encoder, val, cache)
+    _check_run(train, val, encoder, config, tc, raw_train, raw_val)
+    run = _Run(train, val, encoder, config, tc, raw_train if finetune else None, raw_val if finetune else None,
+               user_groups, metrics_path, checkpoint_dir)
+    return run.fit(resume)
+
+
+def _check_run(train, val, encoder, config, tc, raw_train, raw_val) -> None:
     if len(train) == 0:
         raise PalMMError("no training pairs")
-    if tc.restarts < 1:
-        raise PalMMError(f"restarts must be >= 1, got {tc.restarts}")
     if tc.restarts > 1 and (val is None or len(val) == 0):
         raise PalMMError("restarts > 1 needs validation data to choose between the initialisations")
-    best, tried = None, []
-    for r in range(tc.restarts):
-        model = _fit_once(train, val, encoder, config, replace(tc, seed=tc.seed + r), metrics_path, user_groups,
-                          restart=r if tc.restarts > 1 else None)
-        tried.append({k: model.metrics.get(k) for k in ("val_loss", "val_accuracy", "best_epoch", "epochs_run")} | {"seed": tc.seed + r})
-        if best is None or model.metrics["val_loss"] < best.metrics["val_loss"]:
-            best = model
-    if tc.restarts > 1:
-        best.metrics["restarts"] = tried
-    best.train_config = asdict(tc)
-    return best
+    if not tc.fine_tunes_encoder:
+        return
+    if raw_train is None or (val is not None and raw_val is None):
+        raise PalMMError("fine-tuning needs raw PreferenceData (inputs are re-encoded every step), not embeddings")
+    if encoder.prompt_modality == "vector" or encoder.item_modality == "vector":
+        raise PalMMError(f"encoder {encoder.name!r} has no weights to fine-tune")
+    if tc.restarts != 1:
+        raise PalMMError("restarts are not supported when fine-tuning the encoder (each restart would re-train it)")
+    if tc.token_level and config.model_type != "pal-b":
+        raise PalMMError("the token-level loss is defined for PAL-B (--model pal-b)")
+    if tc.token_level and (encoder.prompt_modality != "text" or encoder.item_modality != "text"):
+        raise PalMMError(f"the token-level loss needs a text encoder for prompts and items, not {encoder.name!r}")
 
 
-def _fit_once(train: EncodedPairs, val: EncodedPairs | None, encoder: Encoder, config: PALConfig | None, tc: TrainConfig,
-              metrics_path: str | Path | None, user_groups: dict | None, restart: int | None = None) -> PALModel:
-    """One training run from the initialisation of ``tc.seed`` (``restart``: its index, logged)."""
-    config = copy.deepcopy(config or PALConfig())
-    config.init_seed = tc.seed
-    set_seed(tc.seed)
-    model = build_model(train, encoder, config, user_groups)
-    if val is not None:
-        unknown = sorted(set(val.user_ids) - set(model.users))
-        if unknown:
-            raise PalMMError(f"validation data has user(s) absent from training: {', '.join(unknown[:5])}; "
-                             "validation must hold seen users (new users go through `adapt`)")
+#: wall-clock fields of an epoch record: written to timings.jsonl, not metrics.jsonl (so that the
+#: metrics file of a seeded run is byte-identical from run to run)
+TIMING_KEYS = ("epoch_seconds", "train_pairs_per_s")
 
-    logging_dir = Path(metrics_path).parent if metrics_path else None
-    accelerator = Accelerator(cpu=tc.cpu, mixed_precision=tc.mixed_precision, log_with=make_trackers(tc.report_to, logging_dir),
-                              project_dir=logging_dir)
-    if accelerator.trackers or tc.report_to not in (None, "", "none"):
-        accelerator.init_trackers("pal-mm", config={**asdict(tc), **config.to_dict()})
-    optimizer = torch.optim.AdamW(optimizer_groups(model, tc))
-    tensors = (train.prompt, train.chosen, train.rejected, model.user_index(train.user_ids))
-    # batches are gathered by slicing whole tensors (no per-row __getitem__/collate cost)
-    loader = DataLoader(range(len(train)), batch_size=tc.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(tc.seed),
-                        collate_fn=lambda idx: tuple(t[torch.as_tensor(idx)] for t in tensors))
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    core = accelerator.unwrap_model(model)
-    metrics_file = open(metrics_path, "a") if metrics_path else None
 
-    best = BestEpoch(tc.patience)
-    history = []
-    desc = f"train {config.model_type} K={config.k}" + ("" if restart is None else f" (restart {restart})")
-    bar = tqdm(range(1, tc.epochs + 1), desc=desc, disable=not tc.progress or not accelerator.is_main_process)
-    for epoch in bar:
-        model.train()
+class _Run:
+    """One call of :func:`fit`: the restarts, each an epoch loop, with checkpoints in between."""
+
+    def __init__(self, train, val, encoder, config, tc, raw_train, raw_val, user_groups, metrics_path, checkpoint_dir):
+        self.train, self.val, self.encoder, self.config, self.tc = train, val, encoder, config, tc
+        self.raw_train, self.raw_val, self.user_groups = raw_train, raw_val, user_groups
+        self.metrics_path = Path(metrics_path) if metrics_path else None
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.fingerprint = _run_fingerprint(train, val, config, tc, encoder)
+        self.records: list[dict] = []  # every epoch of every restart, for metrics.jsonl
+        self.tried: list[dict] = []  # finished restarts
+        self.best_done: PALModel | None = None  # the best finished restart
+        self.best_done_info: dict | None = None
+
+    # ----- restarts ---------------------------------------------------------------------------
+    def fit(self, resume: bool) -> PALModel:
+        tc = self.tc
+        saved = load_checkpoint(self.checkpoint_dir) if (resume and self.checkpoint_dir) else None
+        first = 0
+        if saved is not None:
+            tensors, state = saved
+            if state.get("run") != self.fingerprint:
+                raise PalMMError(f"{self.checkpoint_dir}: the checkpoint belongs to another run (other data or settings); "
+                                 "start again without --resume")
+            first, self.records, self.tried = int(state["restart"]), list(state["records"]), list(state["tried"])
+            if state.get("best_done"):
+                self.best_done_info = state["best_done"]
+                self.best_done = self._model_from_state(self.best_done_info, _prefixed(tensors, "done."))
+        for r in range(first, tc.restarts):
+            model = self._fit_once(r, saved if r == first else None)
+            self.records += model.history
+            self.tried.append({k: model.metrics.get(k) for k in ("val_loss", "val_accuracy", "best_epoch", "epochs_run")}
+                              | {"seed": tc.seed + r})
+            if self.best_done is None or _val_loss(model) < _val_loss(self.best_done):
+                self.best_done = model
+                self.best_done_info = {"restart": r, "seed": tc.seed + r, "metrics": model.metrics, "history": model.history}
+        best = self.best_done
+        if tc.restarts > 1:
+            best.metrics["restarts"] = self.tried
+        return best
+
+    def _model_from_state(self, info: dict, tensors: dict[str, torch.Tensor]) -> PALModel:
+        """A finished restart rebuilt from its saved state (after a resume)."""
+        model = self._build(int(info["seed"]))
+        _load_model_state(model, tensors)
+        model = model.cpu().eval()
+        model.metrics, model.history = dict(info["metrics"]), list(info["history"])
+        model.data_info = {"train_pairs": len(self.train), "seen_users": len(model.users)}
+        return model
+
+    def _build(self, seed: int) -> PALModel:
+        config = copy.deepcopy(self.config)
+        config.init_seed = seed
+        set_seed(seed)
+        model = build_model(self.train, self.encoder, config, self.user_groups)
+        if self.val is not None:
+            unknown = sorted(set(self.val.user_ids) - set(model.users))
+            if unknown:
+                raise PalMMError(f"validation data has user(s) absent from training: {', '.join(unknown[:5])}; "
+                                 "validation must hold seen users (new users go through `adapt`)")
+        if self.tc.fine_tunes_encoder:
+            n = self.encoder.set_trainable(self.tc.train_layers)
+            if n == 0:
+                raise PalMMError("no encoder parameter is trainable (--train-layers 0); use plain training instead")
+            if self.tc.token_level:
+                self.encoder.token_states(["probe"])  # fails early for encoders without token states
+        return model
+
+    # ----- one restart ------------------------------------------------------------------------
+    def _fit_once(self, r: int, saved: tuple | None) -> PALModel:
+        tc = replace(self.tc, seed=self.tc.seed + r)
+        restart = r if self.tc.restarts > 1 else None
+        model = self._build(tc.seed)
+        logging_dir = self.metrics_path.parent if self.metrics_path else None
+        accelerator = Accelerator(cpu=tc.cpu, mixed_precision=_mixed_precision(tc),
+                                  log_with=make_trackers(tc.report_to, logging_dir), project_dir=logging_dir)
+        if tc.report_to not in (None, "", "none"):
+            accelerator.init_trackers("pal-mm", config={**asdict(tc), **model.config.to_dict()})
+        step = PairLoss(model, token_level=tc.token_level, weighting=tc.token_weighting)
+        optimizer = torch.optim.AdamW(optimizer_groups(model, tc))
+        batches = _Batches(self.train, self.raw_train, model.user_index(self.train.user_ids))
+        gen = torch.Generator().manual_seed(tc.seed)
+        loader = DataLoader(range(len(self.train)), batch_size=tc.batch_size, shuffle=True, generator=gen,
+                            collate_fn=batches.collate)
+        step, optimizer, loader = accelerator.prepare(step, optimizer, loader)
+        core: PALModel = accelerator.unwrap_model(step).model
+        trainable = [p for p in core.parameters() if p.requires_grad]
+        best, history, start = BestEpoch(tc.patience), [], 1
+        if saved is not None:
+            tensors, state = saved
+            _load_model_state(core, _prefixed(tensors, "model."))
+            restore_optimizer(optimizer, tensors, state["optimizer"])
+            restore_rng(gen, tensors, state["rng"])
+            best.load(state["best"], _prefixed(tensors, "best.") if state["best"]["epoch"] else None)
+            history, start = list(state["history"]), int(state["epoch"]) + 1
+        val = self.val if self.raw_val is None else None  # fine-tuning: re-encode val every epoch
+        desc = f"{'finetune' if tc.fine_tunes_encoder else 'train'} {core.config.model_type} K={core.config.k}" + (
+            "" if restart is None else f" (restart {restart})")
+        bar = tqdm(range(start, tc.epochs + 1), desc=desc, disable=not tc.progress or not accelerator.is_main_process)
+        stop = bool(history) and best.patience and best.bad_epochs >= best.patience
+        for epoch in ([] if stop else bar):
+            record = self._epoch(epoch, restart, step, core, optimizer, loader, batches, trainable, accelerator, tc)
+            record.update(core.head.extra_metrics())
+            record.update(mixture_mass(core))
+            if self.val is not None and len(self.val):
+                record.update(validation_metrics(core, val if val is not None else self._encode_val(core)))
+            history.append(record)
+            accelerator.log({k: v for k, v in record.items() if k not in ("epoch", "restart")}, step=epoch)
+            bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("train_loss", "val_loss", "val_accuracy")})
+            stop = best.update(record, lambda: _model_state(core))
+            if accelerator.is_main_process:
+                self._write_metrics(history)
+                if self.checkpoint_dir is not None:
+                    self._checkpoint(r, epoch, core, optimizer, gen, best, history)
+            if stop:
+                break
+        accelerator.end_training()
+        if best.state is not None:
+            _load_model_state(core, best.state)
+        core = core.cpu().eval()
+        if tc.fine_tunes_encoder:
+            core.encoder.mark_weights_changed()  # new weights: a new fingerprint for the cache
+        core.metrics = best.metrics(history)
+        core.data_info = {"train_pairs": len(self.train), "seen_users": len(core.users)}
+        if tc.fine_tunes_encoder:
+            core.metrics.update(trainable_parameters=sum(p.numel() for p in trainable),
+                                encoder_trainable_parameters=sum(p.numel() for p in trainable if _is_encoder(core, p)))
+            core.data_info["fine_tuned_encoder"] = {
+                "train_layers": "all" if tc.train_layers is None else tc.train_layers, "token_level": tc.token_level,
+                "token_weighting": tc.token_weighting if tc.token_level else None, "mixed_precision": accelerator.mixed_precision}
+        core.history = history
+        return core
+
+    def _epoch(self, epoch, restart, step, core, optimizer, loader, batches, trainable, accelerator, tc) -> dict:
+        step.train()
         t0, total, count = time.perf_counter(), 0.0, 0
-        for prompt, chosen, rejected, uidx in loader:
-            with accelerator.autocast():
-                loss = core.head.loss(model(prompt, chosen, rejected, uidx))
+        for s, batch in enumerate(loader):
+            prompts, chosen, rejected, uidx = batches.unpack(batch, accelerator.device)
             optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
+            b = len(uidx)
+            micro = min(tc.micro_batch_size or b, b)
+            for m in range(0, b, micro):
+                part = slice(m, m + micro)
+                with accelerator.autocast():
+                    loss = step(prompts[part], chosen[part], rejected[part], uidx[part])
+                accelerator.backward(loss if micro == b else loss * ((min(m + micro, b) - m) / b))
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise PalMMError(_divergence_message(epoch, s + 1, self.train, tc))
+                total += value * (min(m + micro, b) - m)
+            if tc.grad_clip:
+                accelerator.clip_grad_norm_(trainable, tc.grad_clip)
             optimizer.step()
-            total += loss.item() * len(uidx)
-            count += len(uidx)
+            count += b
         seconds = time.perf_counter() - t0
-        record = {"epoch": epoch, **({} if restart is None else {"restart": restart}), "train_loss": total / max(count, 1),
-                  "epoch_seconds": round(seconds, 4), "train_pairs_per_s": round(count / max(seconds, 1e-9), 1)}
-        if config.model_type == "pal-b":
-            record["logit_scale"] = float(core.head.scale().detach())
-        record.update(mixture_mass(core))
-        if val is not None and len(val):
-            record.update(validation_metrics(core, val))
-        history.append(record)
-        accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
-        write_record(record, metrics_file if accelerator.is_main_process else None, bar)
-        if best.update(record, lambda: copy.deepcopy(core.state_dict())):
-            break
-    if metrics_file:
-        metrics_file.close()
-    accelerator.end_training()
-    if best.state is not None:
-        core.load_state_dict(best.state)
-    core = core.cpu().eval()
-    core.metrics = best.metrics(history)
-    core.data_info = {"train_pairs": len(train), "seen_users": len(core.users)}
-    core.history = history
-    return core
+        return {"epoch": epoch, **({} if restart is None else {"restart": restart}), "train_loss": total / max(count, 1),
+                "epoch_seconds": round(seconds, 4), "train_pairs_per_s": round(count / max(seconds, 1e-9), 1)}
+
+    def _encode_val(self, core: PALModel) -> EncodedPairs:
+        core.eval()
+        return encode_data(core.encoder, self.raw_val, cache=None)
+
+    # ----- files --------------------------------------------------------------------------------
+    def _write_metrics(self, history: list[dict]) -> None:
+        """metrics.jsonl (deterministic numbers) and timings.jsonl (wall clock), rewritten whole
+        each epoch so a resumed run never repeats an epoch."""
+        if self.metrics_path is None:
+            return
+        records = self.records + history
+        metrics = "".join(json.dumps({k: v for k, v in r.items() if k not in TIMING_KEYS}) + "\n" for r in records)
+        timings = "".join(json.dumps({k: r[k] for k in ("epoch", "restart", *TIMING_KEYS) if k in r}) + "\n" for r in records)
+        write_text(self.metrics_path, metrics)
+        write_text(self.metrics_path.with_name("timings.jsonl"), timings)
+
+    def _checkpoint(self, r: int, epoch: int, core: PALModel, optimizer, gen: torch.Generator, best: BestEpoch,
+                    history: list[dict]) -> None:
+        opt_tensors, opt_groups = optimizer_tensors(optimizer)
+        rng, rng_json = rng_tensors(gen)
+        tensors = {**_prefix(_model_state(core), "model."), **opt_tensors, **rng}
+        if best.state is not None:
+            tensors.update(_prefix(best.state, "best."))
+        if self.best_done is not None:
+            tensors.update(_prefix(_model_state(self.best_done), "done."))
+        state = {"run": self.fingerprint, "restart": r, "epoch": epoch, "history": history, "records": self.records,
+                 "tried": self.tried, "best": best.to_json(), "best_done": self.best_done_info, "optimizer": opt_groups,
+                 "rng": rng_json}
+        save_checkpoint(self.checkpoint_dir, tensors, state)
+
+
+# ------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------
+def _mixed_precision(tc: TrainConfig) -> str:
+    if tc.mixed_precision != "auto":
+        return tc.mixed_precision
+    gpu = torch.cuda.is_available() and not tc.cpu
+    return "bf16" if gpu and tc.fine_tunes_encoder and torch.cuda.is_bf16_supported() else "no"
+
+
+def _model_state(model: PALModel) -> dict[str, torch.Tensor]:
+    """Head state plus the trainable encoder tensors (CPU copies) for best-epoch restore and checkpoints."""
+    state = {f"head.{k}": v.detach().cpu().clone() for k, v in model.head.state_dict().items()}
+    for k, p in model.encoder.named_parameters():
+        if p.requires_grad:
+            state[f"encoder.{k}"] = p.detach().cpu().clone()
+    return state
+
+
+def _load_model_state(model: PALModel, state: dict[str, torch.Tensor]) -> None:
+    model.head.load_state_dict(_prefixed(state, "head."))
+    enc = _prefixed(state, "encoder.")
+    if enc:
+        params = dict(model.encoder.named_parameters())
+        with torch.no_grad():
+            for k, v in enc.items():
+                params[k].copy_(v)
+
+
+def _is_encoder(model: PALModel, p: torch.Tensor) -> bool:
+    return any(p is q for q in model.encoder.parameters())
+
+
+def _prefix(state: dict, prefix: str) -> dict:
+    return {prefix + k: v for k, v in state.items()}
+
+
+def _prefixed(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _val_loss(model: PALModel) -> float:
+    v = model.metrics.get("val_loss")
+    return math.inf if v is None or not math.isfinite(v) else float(v)
+
+
+def _run_fingerprint(train: EncodedPairs, val: EncodedPairs | None, config: PALConfig, tc: TrainConfig, encoder: Encoder) -> str:
+    """What a checkpoint must match to be resumed: data, settings and encoder."""
+    h = hashlib.sha256()
+    for pairs in (train, val):
+        if pairs is not None:
+            for t in (pairs.prompt, pairs.chosen, pairs.rejected):
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            h.update("\0".join(pairs.user_ids).encode())
+    settings = {k: v for k, v in asdict(tc).items() if k not in ("progress", "report_to")}
+    h.update(json.dumps([config.to_dict(), settings, encoder.fingerprint()], sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _divergence_message(epoch: int, step: int, train: EncodedPairs, tc: TrainConfig) -> str:
+    biggest = max(float(t.abs().max()) for t in (train.prompt, train.chosen, train.rejected))
+    return (f"training diverged: the loss became NaN or infinite at epoch {epoch}, step {step}; likely causes: input "
+            f"values too large (max |x| in the embeddings = {biggest:.3g}) or learning rates too high "
+            f"(--lr-projector {tc.lr_projector:g}, --lr-users {tc.lr_users:g}); nothing was saved")

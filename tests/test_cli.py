@@ -22,7 +22,8 @@ def trained(synthetic_dir, tmp_path_factory):
 
 def test_train_writes_model_dir(trained):
     names = sorted(p.name for p in trained.iterdir())
-    assert names == ["README.md", "config.json", "metrics.csv", "metrics.jsonl", "model.safetensors", "run_config.yaml", "users.json"]
+    assert names == ["README.md", "config.json", "metrics.csv", "metrics.jsonl", "model.safetensors", "run_config.yaml",
+                     "timings.jsonl", "users.json"]
     import csv
 
     rows = list(csv.DictReader(open(trained / "metrics.csv")))

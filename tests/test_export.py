@@ -365,7 +365,10 @@ def test_model_cards_are_hub_ready(text_model, vector_models, tmp_path):
     assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert meta["pal"]["k"] == 2 and meta["pal"]["num_users"] == 3
     meta = front_matter(vector_models["pal-b"] / "README.md")
-    assert meta["metrics"] == ["accuracy"] and "val_accuracy" in meta["pal"]["metrics"]  # Hub metrics: a list of ids
+    assert "val_accuracy" in meta["pal"]["metrics"]
+    result = meta["model-index"][0]["results"][0]  # the validation accuracy as a Hub evaluation result
+    assert result["metrics"][0]["type"] == "accuracy"
+    assert result["metrics"][0]["value"] == pytest.approx(meta["pal"]["metrics"]["val_accuracy"])
     pal = PALModel.from_pretrained(text_model["dir"])
     pal.save_pretrained(tmp_path / "resaved")
     assert front_matter(tmp_path / "resaved" / "README.md")["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
@@ -379,7 +382,7 @@ def test_model_cards_are_hub_ready(text_model, vector_models, tmp_path):
     assert meta["pal"]["exported_for"] == {"source": "user", "user": "mixed", "logits": pytest.approx(pal.head.user_logits[2].tolist())}
     assert meta["pal"]["weights"] == pytest.approx(pal.user_weights("mixed"), abs=1e-7)
     meta = front_matter(_exported(vector_models["pal-b"], tmp_path / "vec") / "README.md")
-    assert meta["metrics"] == ["accuracy"] and "base_model" not in meta  # precomputed vectors: no base model
+    assert meta["model-index"][0]["results"] and "base_model" not in meta  # precomputed vectors: no base model
     cfg = json.loads((tmp_path / "vec" / "config.json").read_text())
     assert not any(k.endswith("_file") for k in cfg["source_model"]["data"])  # no local paths in a Hub file
 

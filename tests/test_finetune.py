@@ -10,7 +10,8 @@ from encoders import create_encoder
 from encoders.testing import build_tiny_causal_lm
 from encoders.errors import EncoderError
 from pal_mm import PALConfig, PALModel, PalMMError, PreferenceData, TrainConfig, fit
-from pal_mm.finetune import PairLoss, fit_finetune, response_window, window_weights
+from pal_mm.finetune import response_window, window_weights
+from pal_mm.training import PairLoss
 
 SHORT = ["a short summary", "hello world", "paris", "a cup of coffee"]
 LONG = ["a long and detailed summary of the whole post with every point",
@@ -80,7 +81,7 @@ def test_train_layers_leaves_only_top_n_trainable(encoder):
 def test_short_finetune_learns_and_round_trips(encoder, tmp_path):
     frozen_fp = encoder.fingerprint()
     data = pairs()
-    model = fit_finetune(data, data, encoder, PALConfig(k=2), quick(epochs=8), train_layers=2)
+    model = fit(data, data, encoder, PALConfig(k=2), quick(epochs=8, train_layers=2))
     losses = [r["train_loss"] for r in model.history]
     assert losses[-1] < losses[0] - 0.05, losses
     assert model.metrics["encoder_trainable_parameters"] == sum(
@@ -140,7 +141,7 @@ def test_token_loss_equals_weighted_sum_of_position_losses(encoder):
 
 def test_token_level_finetune_runs_and_learns(encoder):
     data = pairs()
-    model = fit_finetune(data, None, encoder, PALConfig(k=2), quick(epochs=6), token_level=True, micro_batch_size=4)
+    model = fit(data, None, encoder, PALConfig(k=2), quick(epochs=6, token_level=True, micro_batch_size=4))
     losses = [r["train_loss"] for r in model.history]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0], losses
@@ -149,7 +150,7 @@ def test_token_level_finetune_runs_and_learns(encoder):
 
 def test_token_level_needs_pal_b_and_text(encoder):
     with pytest.raises(PalMMError, match="PAL-B"):
-        fit_finetune(pairs(2), None, encoder, PALConfig(model_type="pal-a"), quick(epochs=1), token_level=True)
+        fit(pairs(2), None, encoder, PALConfig(model_type="pal-a"), quick(epochs=1, token_level=True))
 
 
 def test_image_text_encoder_finetunes_top_blocks(tmp_path):
@@ -161,7 +162,7 @@ def test_image_text_encoder_finetunes_top_blocks(tmp_path):
     data = PreferenceData.from_rows(rows)
     enc = create_encoder("effnet-minilm", batch_size=4, device="cpu")
     before = {k: v.clone() for k, v in enc.state_dict().items()}
-    model = fit_finetune(data, None, enc, PALConfig(k=2), quick(epochs=2, lr_encoder=1e-3), train_layers=1)
+    model = fit(data, None, enc, PALConfig(k=2), quick(epochs=2, lr_encoder=1e-3, train_layers=1))
     changed = {k for k, v in model.encoder.state_dict().items() if not torch.equal(v, before[k])}
     top_image = f"image.net.blocks.{len(enc.image.net.blocks) - 1}."
     top_text = f"text.model.encoder.layer.{len(enc.text.model.encoder.layer) - 1}."

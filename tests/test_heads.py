@@ -7,7 +7,7 @@ import torch
 
 from pal_mm.errors import PalMMError
 from pal_mm.config import PALConfig
-from pal_mm.heads import InputNormalizer, MLPProjector, PALHead, build_projector
+from pal_mm.heads import InputNormalizer, MLPProjector, build_projector, create_head
 
 
 def _set_users(head, logits):
@@ -18,7 +18,7 @@ def _set_users(head, logits):
 def test_pal_b_reward_by_hand():
     cfg = PALConfig(model_type="pal-b", k=2, prompt_dim=2, item_dim=2, dim=2, projector="identity",
                     prototype_projector="linear", normalize_inputs=False)
-    head = PALHead(cfg, num_users=1)
+    head = create_head(cfg, num_users=1)
     with torch.no_grad():
         head.g[0].weight.copy_(torch.eye(2)); head.g[0].bias.zero_()
         head.g[1].weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0]])); head.g[1].bias.zero_()
@@ -39,7 +39,7 @@ def test_pal_b_reward_by_hand():
 def test_pal_a_reward_by_hand():
     cfg = PALConfig(model_type="pal-a", k=2, prompt_dim=3, item_dim=2, dim=2, projector="identity",
                     pal_a_use_prompt=False, normalize_inputs=False)
-    head = PALHead(cfg, num_users=1)
+    head = create_head(cfg, num_users=1)
     with torch.no_grad():
         head.P.copy_(torch.eye(2))
     _set_users(head, [[0.0, math.log(3.0)]])  # ideal point a = 0.25 e1 + 0.75 e2
@@ -55,7 +55,7 @@ def test_pal_a_reward_by_hand():
 
 def test_logit_scale_is_clamped():
     cfg = PALConfig(model_type="pal-b", k=1, prompt_dim=2, item_dim=2, projector="identity", normalize_inputs=False)
-    head = PALHead(cfg, num_users=1)
+    head = create_head(cfg, num_users=1)
     with torch.no_grad():
         head.logit_scale.fill_(10.0)
     assert head.scale().item() == pytest.approx(100.0)
@@ -63,7 +63,7 @@ def test_logit_scale_is_clamped():
 
 def test_user_weights_on_simplex():
     cfg = PALConfig(model_type="pal-b", k=5, prompt_dim=4, item_dim=4)
-    head = PALHead(cfg, num_users=7)
+    head = create_head(cfg, num_users=7)
     w = head.user_weights(torch.arange(7))
     assert w.shape == (7, 5)
     assert (w > 0).all() and torch.allclose(w.sum(-1), torch.ones(7))
@@ -93,7 +93,7 @@ def test_input_normalizer_by_hand():
 
 
 def test_append_users_keeps_existing_rows():
-    head = PALHead(PALConfig(k=3, prompt_dim=4, item_dim=4), num_users=2)
+    head = create_head(PALConfig(k=3, prompt_dim=4, item_dim=4), num_users=2)
     before = head.user_logits.detach().clone()
     head.append_users(torch.ones(4, 3))
     assert head.num_users == 6 and torch.equal(head.user_logits[:2], before)
@@ -101,16 +101,16 @@ def test_append_users_keeps_existing_rows():
 
 def test_parameter_counts():
     d = 16
-    b = PALHead(PALConfig(model_type="pal-b", k=2, prompt_dim=d, item_dim=d, projector="mlp2-gelu"), num_users=10)
+    b = create_head(PALConfig(model_type="pal-b", k=2, prompt_dim=d, item_dim=d, projector="mlp2-gelu"), num_users=10)
     mlp = 3 * (d * d + d)
     assert b.num_learned_parameters(include_users=False) == 3 * mlp + 1  # f, g1, g2, logit scale
     assert b.num_learned_parameters() == 3 * mlp + 1 + 20
-    a = PALHead(PALConfig(model_type="pal-a", k=2, prompt_dim=d, item_dim=d, projector="mlp2-gelu", pal_a_use_prompt=False), num_users=10)
+    a = create_head(PALConfig(model_type="pal-a", k=2, prompt_dim=d, item_dim=d, projector="mlp2-gelu", pal_a_use_prompt=False), num_users=10)
     assert a.num_learned_parameters() == mlp + 2 * d + 20
 
 
 def test_bad_config():
     with pytest.raises(PalMMError, match="pal-c"):  # the head types are known to the heads, not to the config
-        PALHead(PALConfig(model_type="pal-c", prompt_dim=2, item_dim=2))
+        create_head(PALConfig(model_type="pal-c", prompt_dim=2, item_dim=2))
     with pytest.raises(PalMMError):
         PALConfig(k=0)

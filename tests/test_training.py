@@ -83,7 +83,12 @@ def test_load_errors(tmp_path, pal_b):
     pal_b.save_pretrained(tmp_path / "m")
     weights = tmp_path / "m" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(PalMMError, match="corrupt weights file"):
+    with pytest.raises(PalMMError, match="model.safetensors: checksum mismatch"):
+        PALModel.from_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    del cfg["files"]  # a directory without checksums (older pal-mm): the damage is still caught, later
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.warns(UserWarning, match="without checksums"), pytest.raises(PalMMError, match="corrupt weights file"):
         PALModel.from_pretrained(tmp_path / "m")
     pal_b.save_pretrained(tmp_path / "m2")
     cfg = json.loads((tmp_path / "m2" / "config.json").read_text())
@@ -92,7 +97,7 @@ def test_load_errors(tmp_path, pal_b):
     with pytest.raises(PalMMError, match="do not match the config"):
         PALModel.from_pretrained(tmp_path / "m2")
     (tmp_path / "m2" / "config.json").write_text("{")
-    with pytest.raises(PalMMError, match="corrupt model config"):
+    with pytest.raises(PalMMError, match="config.json: corrupt"):
         PALModel.from_pretrained(tmp_path / "m2")
 
 
@@ -186,7 +191,6 @@ def test_evaluate_counts_ties_and_groups(pal_b, data):
 @pytest.mark.parametrize("model_type", ["pal-a", "pal-b"])
 def test_reduced_adapt_objective_equals_the_direct_one(data, model_type):
     """adapt's O(K^2)-per-pair objective == mean over each user's pairs of head.loss(head.margin)."""
-    from pal_mm.adaptation import user_objective
     from pal_mm.embedding import encode_data
 
     model = fit(data["train"], data["val"], create_encoder("precomputed"), PALConfig(model_type=model_type, k=3),
@@ -203,7 +207,7 @@ def test_reduced_adapt_objective_equals_the_direct_one(data, model_type):
     uidx = torch.as_tensor([users.index(u) for u in pairs.user_ids])
     logits = torch.randn(len(users), 3, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        reduced = user_objective(model.head, pairs, uidx, len(users))(logits)
+        reduced = model.head.user_objective(pairs.prompt, pairs.chosen, pairs.rejected, uidx, len(users))(logits)
         w = torch.softmax(logits, dim=-1)[uidx]
         per_pair = model.head.loss(model.head.margin(pairs.prompt, pairs.chosen, pairs.rejected, w), reduction="none")
         direct = torch.stack([per_pair[uidx == i].mean() for i in range(len(users))])

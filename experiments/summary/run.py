@@ -347,6 +347,11 @@ class FrozenScorer:
         self.kind = model.config.model_type
         self.head.eval()
         with torch.no_grad():
+            if self.kind == "single-rm":  # no user state: one margin per pair
+                w0 = torch.full((len(pairs), model.config.k), 1.0 / model.config.k)
+                r_c, r_r = self.head.pair_rewards(pairs.prompt, pairs.chosen, pairs.rejected, w0)
+                self.fixed = r_c - r_r
+                return
             self.item_c = self.head.item_embedding(pairs.prompt, pairs.chosen)
             self.item_r = self.head.item_embedding(pairs.prompt, pairs.rejected)
             self.protos = self.head.prototypes(pairs.prompt) if self.kind == "pal-b" else None  # (n, K, d)
@@ -354,6 +359,8 @@ class FrozenScorer:
     @torch.no_grad()
     def margins(self, idx: torch.Tensor, user_rows: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """(m,) margins of pairs ``idx`` whose users have rows ``user_rows`` in ``logits``."""
+        if self.kind == "single-rm":
+            return self.fixed[idx]
         w = torch.softmax(logits, dim=-1)
         if self.kind == "pal-a":
             ideal = self.head.ideal_point(None, w)[user_rows]  # f(w^T P), once per user

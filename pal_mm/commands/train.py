@@ -36,7 +36,7 @@ def add_parser(sub):
     o.add_argument("--seed", type=int, default=d.seed)
     o.add_argument("--restarts", type=int, default=d.restarts,
                    help="train from this many initialisations (seeds seed, seed+1, ...) and keep the lowest val loss (needs --val)")
-    o.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+    o.add_argument("--mixed-precision", default=d.mixed_precision, choices=["auto", "no", "bf16", "fp16"])
     o.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
     o.add_argument("--report-to", default="none", help="none | csv | tensorboard | any accelerate tracker (metrics.jsonl is always written)")
@@ -59,17 +59,11 @@ def run(args) -> int:
                      lr_prototypes=args.lr_prototypes, lr_users=args.lr_users, lr_logit_scale=args.lr_logit_scale,
                      weight_decay=args.weight_decay, patience=args.patience, seed=args.seed, restarts=args.restarts,
                      mixed_precision=args.mixed_precision, cpu=args.cpu, progress=not args.quiet, lr_encoder=args.lr_encoder,
-                     report_to=args.report_to)
-    finetune = args.finetune_encoder or args.train_layers is not None or args.token_level
+                     report_to=args.report_to, finetune_encoder=args.finetune_encoder, train_layers=args.train_layers,
+                     token_level=args.token_level)
     cache = c.make_cache(args)
     with c.atomic_output_dir(args.out, args.overwrite) as tmp:
-        if finetune:
-            from ..finetune import fit_finetune
-
-            model = fit_finetune(train, val, encoder, config, tc, train_layers=args.train_layers, token_level=args.token_level,
-                                 cache=cache, metrics_path=tmp / "metrics.jsonl")
-        else:
-            model = fit(train, val, encoder, config, tc, cache=cache, metrics_path=tmp / "metrics.jsonl")
+        model = fit(train, val, encoder, config, tc, cache=cache, metrics_path=tmp / "metrics.jsonl")
         model.data_info.update(train_file=str(args.data), val_file=str(args.val) if args.val else None)
         model.write_files(tmp)
         c.write_run_config(tmp, args)

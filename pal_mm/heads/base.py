@@ -1,0 +1,140 @@
+"""The head interface: what training, adaptation, evaluation, export and the model rely on.
+
+A head maps embeddings to rewards. Notation (shapes in brackets): ``b`` batch, ``K`` mixture size
+(``config.k``), ``dp`` / ``di`` prompt / item embedding widths.
+
+* Every user ``u`` has one row of ``user_logits`` (K numbers); their mixture weights are
+  ``w_u = softmax(W_u)`` (tau = 1), a point on the (K-1)-simplex. New users are fitted by learning
+  only their row (:mod:`pal_mm.adaptation`), so adding users never changes anyone else's rewards.
+* Inputs are standardised first (:class:`~pal_mm.heads.projectors.InputNormalizer`, fitted on the
+  training embeddings and saved with the model).
+* A subclass implements :meth:`build` (its modules), :meth:`reward` and :meth:`param_groups`; it may
+  override :meth:`pair_rewards` (share work between the two items of a pair), :meth:`training_loss`
+  (an extra term, context sampling...) and :meth:`user_objective` (a cheap form of the new-user loss).
+
+Parameter-group names map to learning rates in :func:`pal_mm.training.optimizer_groups`:
+``projector*`` (projector rate and weight decay), ``P`` (prototypes), ``W`` (user logits),
+``logit_scale``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import PALConfig
+from ..errors import PalMMError
+from .projectors import InputNormalizer
+
+
+class PreferenceHead(nn.Module):
+    """Base class of the preference heads (see the module docstring)."""
+
+    #: registry name, set by :func:`~pal_mm.heads.registry.register_head`
+    name: str = "base"
+    #: the pair loss when ``config.loss`` is not set: ``bt`` (Bradley-Terry) or ``hinge``
+    default_loss: str = "bt"
+    #: False for heads that ignore users (the single reward model): adapt has nothing to fit
+    has_user_state: bool = True
+    #: one line for ``pal-mm heads``
+    description: str = ""
+
+    def __init__(self, config: PALConfig, num_users: int = 0):
+        super().__init__()
+        self.config = c = config
+        if c.prompt_dim <= 0 or c.item_dim <= 0:
+            raise PalMMError("prompt_dim and item_dim must be set before building a head")
+        self.loss_type = c.loss or self.default_loss
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
+            torch.manual_seed(c.init_seed)
+            gen = torch.Generator().manual_seed(c.init_seed)
+            self.prompt_norm = InputNormalizer(c.prompt_dim) if c.normalize_inputs else nn.Identity()
+            self.item_norm = InputNormalizer(c.item_dim) if c.normalize_inputs else nn.Identity()
+            self.build(c, gen)
+            self.user_logits = nn.Parameter(torch.randn(num_users, c.k, generator=gen))
+
+    # ----- what subclasses implement ------------------------------------------------------------
+    def build(self, config: PALConfig, gen: torch.Generator) -> None:
+        """Create the head's modules (under a seeded global RNG; ``gen`` for explicit draws)."""
+        raise NotImplementedError
+
+    def reward(self, prompt_emb: torch.Tensor, item_emb: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """(b, dp) raw prompt embeddings, (b, di) raw item embeddings, (b, K) weights -> (b,) rewards."""
+        raise NotImplementedError
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Learned parameters by group name (see the module docstring); ``W`` holds the user logits."""
+        raise NotImplementedError
+
+    # ----- pairs and losses -----------------------------------------------------------------------
+    def pair_rewards(self, prompt_emb: torch.Tensor, chosen_emb: torch.Tensor, rejected_emb: torch.Tensor,
+                     weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(b,) rewards of the chosen and of the rejected item."""
+        return self.reward(prompt_emb, chosen_emb, weights), self.reward(prompt_emb, rejected_emb, weights)
+
+    def margin(self, prompt_emb, chosen_emb, rejected_emb, weights) -> torch.Tensor:
+        """(b,) reward(chosen) - reward(rejected)."""
+        r_c, r_r = self.pair_rewards(prompt_emb, chosen_emb, rejected_emb, weights)
+        return r_c - r_r
+
+    def loss(self, margin: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Bradley-Terry ``-log sigmoid(m)`` or hinge ``max(0, 1 - m)`` on (b,) margins."""
+        per_pair = F.softplus(-margin) if self.loss_type == "bt" else F.relu(1 - margin)
+        return per_pair.mean() if reduction == "mean" else per_pair
+
+    def training_loss(self, prompt_emb, chosen_emb, rejected_emb, user_idx: torch.Tensor) -> torch.Tensor:
+        """The scalar a training step minimises on one batch of known users' pairs."""
+        return self.loss(self.margin(prompt_emb, chosen_emb, rejected_emb, self.user_weights(user_idx)))
+
+    # ----- users ----------------------------------------------------------------------------------
+    @property
+    def num_users(self) -> int:
+        return self.user_logits.shape[0]
+
+    def weights_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """(..., K) logits -> (..., K) simplex weights."""
+        return torch.softmax(logits, dim=-1)
+
+    def user_weights(self, user_idx: torch.Tensor) -> torch.Tensor:
+        """(b,) user indices -> (b, K) simplex weights."""
+        return self.weights_from_logits(self.user_logits[user_idx])
+
+    @torch.no_grad()
+    def append_users(self, logits: torch.Tensor) -> None:
+        """Add users with the given (n_new, K) logits; existing rows are untouched."""
+        new = torch.cat([self.user_logits.data, logits.to(self.user_logits)], 0)
+        self.user_logits = nn.Parameter(new, requires_grad=self.user_logits.requires_grad)
+
+    def user_objective(self, prompt_emb: torch.Tensor, chosen_emb: torch.Tensor, rejected_emb: torch.Tensor,
+                       user_rows: torch.Tensor, n_users: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``fn(logits (n_users, K)) -> (n_users,)``: each new user's mean loss over their pairs (pair i
+        belongs to user ``user_rows[i]``), the frozen parts of the head evaluated once. This direct
+        form works for every head; heads override it with a cheaper, equal form."""
+        counts = torch.bincount(user_rows, minlength=n_users).clamp_min(1).float()
+
+        def objective(logits: torch.Tensor) -> torch.Tensor:
+            m = self.margin(prompt_emb, chosen_emb, rejected_emb, self.weights_from_logits(logits)[user_rows])
+            return torch.zeros(n_users).index_add(0, user_rows, self.loss(m, reduction="none")) / counts
+
+        return objective
+
+    # ----- training helpers -----------------------------------------------------------------------
+    def fit_normalizers(self, prompt_emb: torch.Tensor, item_emb: torch.Tensor) -> None:
+        """Fit the input standardisation on training embeddings (n, dp) and (n, di)."""
+        if self.config.normalize_inputs:
+            self.prompt_norm.fit(prompt_emb)
+            self.item_norm.fit(item_emb)
+
+    def num_learned_parameters(self, include_users: bool = True) -> int:
+        return sum(p.numel() for name, ps in self.param_groups().items() if include_users or name != "W" for p in ps)
+
+    def reward_range(self) -> tuple[float, float] | None:
+        """(low, high) bounds every reward lies in, when the head has them (None otherwise)."""
+        return None
+
+    def extra_metrics(self) -> dict:
+        """Numbers worth logging once per epoch (e.g. PAL-B's logit scale)."""
+        return {}

@@ -1,0 +1,106 @@
+"""PAL-B: prototype reward functions.
+
+K maps ``g_k`` of the prompt are the prototypes; user ``u``'s ideal point is
+``u(p) = sum_k w_uk g_k(p)`` and an item scores ``r(x) = min(e^s, s_max) * cos(u(p), f(x))``.
+Trained with the Bradley-Terry loss; the logit scale ``s`` is learned.
+
+New users (:meth:`PALBHead.user_objective`): ``cos(u, f(x))`` needs only the K inner products
+``<g_k(p), f(x)>``, the K x K Gram matrix ``<g_k(p), g_l(p)>`` and ``|f(x)|``, so each step costs
+O(K^2) per pair instead of O(K d).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from einops import einsum
+from torch import nn
+
+from ..config import PALConfig
+from .base import PreferenceHead
+from .projectors import build_projector
+from .registry import register_head
+
+
+@register_head("pal-b")
+class PALBHead(PreferenceHead):
+    """Groups: ``projector_f``, ``projectors_gk``, ``W`` (user logits), ``logit_scale``."""
+
+    default_loss = "bt"
+    description = "PAL-B: K prompt-conditioned prototype reward functions, scaled cosine, Bradley-Terry"
+
+    def build(self, c: PALConfig, gen: torch.Generator) -> None:
+        d = c.width
+        self.f = build_projector(c.projector, c.item_dim, d)
+        spec = c.prototype_projector or c.projector
+        self.g = nn.ModuleList(build_projector(spec, c.prompt_dim, d) for _ in range(c.k))
+        self.logit_scale = nn.Parameter(torch.tensor(float(c.logit_scale_init)))
+
+    # ----- the model --------------------------------------------------------------------------
+    def prototypes(self, prompt_emb: torch.Tensor) -> torch.Tensor:
+        """(b, dp) raw prompt embeddings -> (b, K, d) prototype points g_k(prompt)."""
+        p = self.prompt_norm(prompt_emb)
+        return torch.stack([g(p) for g in self.g], dim=1)
+
+    def ideal_point(self, prompt_emb: torch.Tensor, weights: torch.Tensor, protos: torch.Tensor | None = None) -> torch.Tensor:
+        """(b, dp) raw prompt embeddings, (b, K) weights -> (b, d) ideal points (or from ``protos`` (b, K, d))."""
+        if protos is None:
+            protos = self.prototypes(prompt_emb)
+        return einsum(weights, protos, "b k, b k d -> b d")
+
+    def item_embedding(self, prompt_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
+        """(b, di) raw item embeddings -> (b, d) item points f(x) (the prompt is not used)."""
+        return self.f(self.item_norm(item_emb))
+
+    def scale(self) -> torch.Tensor:
+        """The inverse temperature min(e^s, s_max)."""
+        return self.logit_scale.exp().clamp(max=self.config.logit_scale_max)
+
+    def score(self, ideal: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        """(b, d) ideal points, (b, d) item points -> (b,) rewards."""
+        return self.scale() * F.cosine_similarity(ideal, item, dim=-1)
+
+    def reward(self, prompt_emb, item_emb, weights) -> torch.Tensor:
+        return self.score(self.ideal_point(prompt_emb, weights), self.item_embedding(prompt_emb, item_emb))
+
+    def pair_rewards(self, prompt_emb, chosen_emb, rejected_emb, weights):
+        ideal = self.ideal_point(prompt_emb, weights)  # once for both items
+        return (self.score(ideal, self.item_embedding(prompt_emb, chosen_emb)),
+                self.score(ideal, self.item_embedding(prompt_emb, rejected_emb)))
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"projector_f": list(self.f.parameters()), "W": [self.user_logits],
+                "projectors_gk": list(self.g.parameters()), "logit_scale": [self.logit_scale]}
+
+    def reward_range(self) -> tuple[float, float]:
+        scale = float(self.scale().detach())  # r = min(e^s, s_max) * cos
+        return (-scale, scale)
+
+    def extra_metrics(self) -> dict:
+        return {"logit_scale": float(self.scale().detach())}
+
+    # ----- new users ---------------------------------------------------------------------------
+    def user_objective(self, prompt_emb, chosen_emb, rejected_emb, user_rows: torch.Tensor,
+                       n_users: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        counts = torch.bincount(user_rows, minlength=n_users).float()
+        with torch.no_grad():
+            item_c = self.item_embedding(prompt_emb, chosen_emb)  # (n, d)
+            item_r = self.item_embedding(prompt_emb, rejected_emb)
+            protos = self.prototypes(prompt_emb)  # (n, K, d)
+            dot_c = einsum(protos, item_c, "n k d, n d -> n k")
+            dot_r = einsum(protos, item_r, "n k d, n d -> n k")
+            gram = einsum(protos, protos, "n k d, n l d -> n k l")
+            norm_c, norm_r = item_c.norm(dim=-1), item_r.norm(dim=-1)
+            scale = self.scale()
+
+        def objective(logits: torch.Tensor) -> torch.Tensor:
+            w = self.weights_from_logits(logits)[user_rows]  # (n, K)
+            norm_u = einsum(w, gram, w, "n k, n k l, n l -> n").clamp_min(0).sqrt()
+            cos_c = (w * dot_c).sum(-1) / (norm_u * norm_c).clamp_min(1e-8)
+            cos_r = (w * dot_r).sum(-1) / (norm_u * norm_r).clamp_min(1e-8)
+            per_pair = self.loss(scale * (cos_c - cos_r), reduction="none")
+            return torch.zeros(n_users).index_add(0, user_rows, per_pair) / counts
+
+        return objective
