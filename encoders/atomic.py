@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -50,20 +52,80 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
 @contextlib.contextmanager
 def output_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder next to ``target``; when the block succeeds it replaces
-    ``target`` (an existing one is moved aside first and deleted after), on any error it is
-    removed and ``target`` is left as it was."""
+    ``target`` (see :func:`replace_dir`: an existing target is swapped out, never missing), on any
+    error it is removed and ``target`` is left as it was. Leftovers of killed runs writing the same
+    target (``.NAME.tmp-PID-*`` of dead processes) are removed first."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    remove_dead_dirs(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_dir(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(src: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move the folder ``src`` to ``target``. An existing ``target`` is swapped with ``src`` in one
+    atomic step (Linux ``renameat2(RENAME_EXCHANGE)``) and then deleted, so at every moment either
+    the old or the new folder is at ``target``. Elsewhere the old folder is first renamed to
+    ``.NAME.old-PID`` (a kill in between leaves it there; :func:`remove_dead_dirs` puts it back)."""
+    src, target = Path(src), Path(target)
+    if not target.exists():
+        os.replace(src, target)
+        return
+    if _exchange(src, target):
+        shutil.rmtree(src, ignore_errors=True)  # src now holds the old folder
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, old)
+    os.replace(src, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def remove_dead_dirs(target: str | os.PathLike) -> None:
+    """Clean up after killed writers of ``target``: their ``.NAME.tmp-PID-*`` folders are removed, and
+    an ``.NAME.old-PID`` folder left by an interrupted swap is put back when ``target`` is missing."""
+    target = Path(target)
+    try:
+        siblings = list(target.parent.glob(f".{target.name}.*"))
+    except OSError:
+        return
+    for p in siblings:
+        m = re.fullmatch(rf"\.{re.escape(target.name)}\.(tmp|old)-(\d+)(-.*)?", p.name)
+        if not m or not p.is_dir() or _alive(int(m[2])):
+            continue
+        if m[1] == "old" and not target.exists():
+            os.replace(p, target)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True

@@ -91,6 +91,7 @@ class PersonalRewardModel(HubModel, library_name="pal-mm", license="apache-2.0",
         self._encoder_state_file: Path | None = None
         self._trust_remote_code = False
         self._device: str | None = None
+        self._dtype: str | None = None
         if isinstance(encoder, Encoder):
             self.set_encoder(encoder)
 
@@ -112,7 +113,8 @@ class PersonalRewardModel(HubModel, library_name="pal-mm", license="apache-2.0",
 
     def _build_encoder(self) -> Encoder:
         ref = self.export_config["encoder"]
-        enc = encoder_from_reference(ref, Path("<config>"), trust_remote_code=self._trust_remote_code, device=self._device)
+        enc = encoder_from_reference(ref, Path("<config>"), trust_remote_code=self._trust_remote_code, device=self._device,
+                                     dtype=self._dtype)
         enc.bind_dims(self.config.prompt_dim, self.config.item_dim)
         if ref.get("fine_tuned"):
             if self._encoder_state_file is None or not Path(self._encoder_state_file).is_file():
@@ -223,11 +225,11 @@ class PersonalRewardModel(HubModel, library_name="pal-mm", license="apache-2.0",
 
     @classmethod
     def _load_dir(cls, directory: Path, encoder: Encoder | None = None, trust_remote_code: bool = False,
-                  device: str | None = None) -> "PersonalRewardModel":
+                  device: str | None = None, dtype: str | None = None) -> "PersonalRewardModel":
         cfg = read_export_config(directory)
         verify_files(directory, cfg)
         model = cls(cfg)
-        model._trust_remote_code, model._device = bool(trust_remote_code), device
+        model._trust_remote_code, model._device, model._dtype = bool(trust_remote_code), device, dtype
         model._load_weights(directory / WEIGHTS_NAME)
         if cfg["encoder"].get("fine_tuned"):
             model._encoder_state_file = directory / ENCODER_WEIGHTS_NAME

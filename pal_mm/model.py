@@ -153,11 +153,12 @@ class PALModel(HubModel, library_name="pal-mm", license="apache-2.0", repo_url="
 
     @classmethod
     def _load_dir(cls, directory: Path, encoder: Encoder | None = None, trust_remote_code: bool = False,
-                  device: str | None = None) -> "PALModel":
+                  device: str | None = None, dtype: str | None = None) -> "PALModel":
         """Build the model from a verified folder (see :mod:`pal_mm.hub` for what is checked)."""
         saved = read_pal_dir(directory)
         if encoder is None:
-            encoder = encoder_from_reference(saved.encoder_ref, directory, trust_remote_code=trust_remote_code, device=device)
+            encoder = encoder_from_reference(saved.encoder_ref, directory, trust_remote_code=trust_remote_code, device=device,
+                                             dtype=dtype)
         encoder.bind_dims(saved.head_config.prompt_dim, saved.head_config.item_dim)
         model = cls(saved.head_config, encoder, saved.users, saved.groups)
         model.head = saved.head
@@ -201,6 +202,8 @@ def read_pal_dir(directory: Path) -> SavedPALModel:
         raise PalMMError(f"{directory}: corrupt model config ({type(e).__name__}: {e})") from None
     if not isinstance(enc_ref, dict) or not isinstance(enc_ref.get("name"), str):
         raise PalMMError(f"{directory}: corrupt encoder reference in config.json")
+    if not isinstance(enc_ref.get("config") or {}, dict):
+        raise PalMMError(f"{directory}: corrupt encoder options in config.json")
     users, groups = read_users(directory, cfg.get("num_users"))
     head = create_head(head_cfg, num_users=len(users))
     head.load_state_dict(load_tensors(directory / WEIGHTS_NAME, head.state_dict()))

@@ -8,8 +8,9 @@ from . import _common as c
 
 
 def add_parser(sub):
-    p = sub.add_parser("convert", help="convert PAL-reference or Pick-a-Pic data to pal-mm rows (user_id, prompt, chosen, rejected)")
-    c.add_config_flag(p)
+    p = c.add_command(sub, "convert", "convert PAL-reference or Pick-a-Pic data to pal-mm rows (user_id, prompt, chosen, rejected)",
+                      "  pal-mm convert --from pal-reference --data ref.jsonl --out pairs.jsonl\n"
+                      "  pal-mm convert --from pickapic --data yuvalkirstain/pickapic_v2:validation_unique --max-rows 1000 --out pick.jsonl\n")
     p.add_argument("--from", dest="source_format", metavar="FORMAT", help=f"input format: {' | '.join(FORMATS)}")
     p.add_argument("--data", help="input rows: .jsonl/.json/.csv/.parquet, a save_to_disk directory or a Hub dataset (name[:split])")
     p.add_argument("--out", help="output .jsonl file")

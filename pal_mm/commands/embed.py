@@ -7,32 +7,37 @@ import time
 
 from . import _common as c
 
+EXAMPLES = """\
+  pal-mm embed --data train.jsonl val.jsonl test.jsonl --encoder minilm
+  pal-mm embed --data pairs.jsonl --encoder hf-text --encoder-arg model_name_or_path=facebook/opt-350m --device cuda
+"""
+
 
 def add_parser(sub):
-    p = sub.add_parser("embed", help="precompute embeddings into the cache ($PAL_MM_CACHE)")
-    c.add_config_flag(p)
+    p = c.add_command(sub, "embed", "precompute embeddings into the cache ($PAL_MM_CACHE)", EXAMPLES)
     p.add_argument("--data", nargs="+", help="one or more data files (file, save_to_disk dir, or Hub dataset name)")
     c.add_encoder_flags(p, default=None)
-    p.add_argument("--cache-dir", default=None, help="cache root (default: $PAL_MM_CACHE or ~/.cache/pal-mm)")
+    c.add_runtime_flags(p)
     return p
 
 
 def run(args) -> int:
-    from encoders.cache import EmbeddingCache
-
     from ..embedding import encode_data
 
     c.require(args, "data", "encoder")
     files = [args.data] if isinstance(args.data, str) else list(args.data)
     encoder = c.make_encoder(args)
-    if encoder.name == "precomputed":
-        print("encoder 'precomputed' reads vectors from the data; nothing to cache")
+    if not encoder.uses_cache:
+        print(f"encoder {encoder.name!r} reads vectors from the data; nothing to cache")
         return 0
-    cache = EmbeddingCache(args.cache_dir)
+    cache = c.make_cache(args)
+    if cache is None:
+        print("--no-cache: nothing to do")
+        return 0
     t0 = time.perf_counter()
     for path in files:
         before = cache.stats()
-        data = c.load_data(path)
+        data = c.load_data(path, encoder)
         encode_data(encoder, data, cache)
         enc, hit = cache.misses - before["misses"], cache.hits - before["hits"]
         print(f"{path}: {len(data)} pairs; encoded {enc}, found {hit} cached")

@@ -6,8 +6,7 @@ from . import _common as c
 
 
 def add_parser(sub):
-    p = sub.add_parser("encoders", help="list registered encoders")
-    c.add_config_flag(p)
+    p = c.add_command(sub, "encoders", "list registered encoders", "  pal-mm encoders\n")
     return p
 
 

@@ -2,32 +2,38 @@
 
 from __future__ import annotations
 
-from encoders.atomic import write_json
-
-from ..evaluation import evaluate
-from ..model import PALModel
 from . import _common as c
+
+EXAMPLES = """\
+  pal-mm eval --model runs/m --data test.jsonl
+  pal-mm eval --model runs/m --data test.jsonl --json metrics.json     # all metrics to a file
+  pal-mm eval --model runs/m --data test.jsonl --json                  # ... or to stdout
+"""
 
 
 def add_parser(sub):
-    p = sub.add_parser("eval", help="evaluate a model on pairs of known users")
-    c.add_config_flag(p)
-    p.add_argument("--model", help="model directory")
+    p = c.add_command(sub, "eval", "evaluate a model on pairs of known users", EXAMPLES)
+    p.add_argument("--model", help="model directory (or Hub repo id)")
     p.add_argument("--data", help="test pairs")
-    p.add_argument("--json", help="write all metrics to this JSON file")
-    c.add_cache_flag(p)
+    c.add_json_flag(p, "all metrics")
+    c.add_runtime_flags(p)
     return p
 
 
 def run(args) -> int:
     c.require(args, "model", "data")
-    model = PALModel.from_pretrained(args.model)
+    from ..evaluation import evaluate
+
+    model = c.load_pal_model(args)
     metrics = evaluate(model, c.load_data(args.data, model.encoder), cache=c.make_cache(args))
     metrics["model"] = str(args.model)
     metrics["data"] = str(args.data)
-    if args.json:
-        write_json(args.json, metrics)
-    print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n_pairs']} pairs ({metrics['n_ties']} ties), {len(metrics['per_user'])} users")
+    if args.json is not None:
+        c.emit_json(args.json, metrics)
+        if args.json == "-":
+            return 0
+    print(f"accuracy {c.fmt(metrics['accuracy'])} on {metrics['n_pairs']} pairs ({metrics['n_ties']} ties), "
+          f"{len(metrics['per_user'])} users")
     for group, m in metrics.get("per_group", {}).items():
-        print(f"  group {group}: accuracy {m['accuracy']:.4f} ({m['n_pairs']} pairs)")
+        print(f"  group {group}: accuracy {c.fmt(m['accuracy'])} ({m['n_pairs']} pairs)")
     return 0

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from ..errors import PalMMError
-from ..export import export_personal_model
 from . import _common as c
+
+EXAMPLES = """\
+  pal-mm export --model runs/m --user alice --out rm_alice
+  pal-mm export --model runs/m --weights 0.3,0.7 --out rm_mix
+  pal-mm export --model runs/m --prototype 0 --out rm_proto0
+"""
 
 
 def add_parser(sub):
-    p = sub.add_parser("export", help="export one user's standard reward model (prompt, response) -> reward")
-    c.add_config_flag(p)
+    p = c.add_command(sub, "export", "export one user's standard reward model (prompt, response) -> reward", EXAMPLES)
     p.add_argument("--model", help="PAL model directory (or Hub repo id)")
     who = p.add_argument_group("whose reward (exactly one; a single-rm model needs none)")
     who.add_argument("--user", help="a user id known to the model")
@@ -30,6 +34,9 @@ def run(args) -> int:
             setattr(args, flag, ",".join(str(x) for x in value))
     if args.user is not None and not str(args.user).strip():
         raise PalMMError("--user is empty")
+    c.check_output(args.out, args.overwrite)
+    from ..export import export_personal_model
+
     model = export_personal_model(args.model, user=None if args.user is None else str(args.user), weights=args.weights,
                                   logits=args.logits, prototype=args.prototype)
     with c.atomic_output_dir(args.out, args.overwrite) as tmp:

@@ -2,52 +2,64 @@
 
 from __future__ import annotations
 
-import json
+import math
 
 from ..errors import PalMMError
-from ..model import PALModel
 from . import _common as c
+
+EXAMPLES = """\
+  pal-mm score --model runs/m --user alice --prompt "Summarise: ..." --response "short" --response "long"
+  pal-mm score --model runs/m --weights 0.2,0.8 --prompt "..." --response "..." --json
+  pal-mm score --model rm_alice --prompt "..." --response "..."        # an exported one-user model: no --user
+  pal-mm score --model runs/vectors --user u0 --prompt=-0.1,0.3 --response=0.5,0.2   # precomputed vectors
+"""
 
 
 def add_parser(sub):
-    p = sub.add_parser("score", help="score responses to a prompt for a user")
-    c.add_config_flag(p)
-    p.add_argument("--model", help="model directory")
+    p = c.add_command(sub, "score", "score responses to a prompt for a user", EXAMPLES)
+    p.add_argument("--model", help="model directory, exported reward model or Hub repo id")
     p.add_argument("--user", help="a known user id")
     p.add_argument("--weights", help="explicit mixture weights w1,...,wK instead of --user")
-    p.add_argument("--prompt", help="the prompt (comma-separated floats for the precomputed encoder; write --prompt=-0.1,... when it starts with '-')")
+    p.add_argument("--prompt", help="the prompt (comma-separated floats for the precomputed encoder; "
+                                    "write --prompt=-0.1,... when it starts with '-')")
     p.add_argument("--response", action="append", default=[], help="a response (repeatable)")
-    p.add_argument("--json", action="store_true", help='print {"rewards": [...]}')
+    c.add_json_flag(p, '{"rewards": [...]}')
+    c.add_runtime_flags(p)
     return p
 
 
 def parse_vector(text: str, flag: str) -> list[float]:
+    from ..mixture import parse_floats
+
     try:
-        return [float(x) for x in text.split(",")]
-    except ValueError:
-        raise PalMMError(f"{flag}: the precomputed encoder takes comma-separated floats, got {text[:40]!r}") from None
+        return parse_floats(text, flag)
+    except PalMMError:
+        raise PalMMError(f"{flag}: the precomputed encoder takes comma-separated finite floats, got {text[:40]!r}") from None
 
 
-def parse_weights(text: str | None) -> list[float] | None:
-    return None if text is None else parse_vector(text, "--weights")
+def parse_weights(text) -> list[float] | None:
+    if text is None:
+        return None
+    if isinstance(text, (list, tuple)):  # from a YAML config
+        text = ",".join(str(x) for x in text)
+    return parse_vector(str(text), "--weights")
 
 
 def run(args) -> int:
     c.require(args, "model", "prompt")
     if not args.response:
         raise PalMMError("give at least one --response")
-    from ..export import PersonalRewardModel, is_personal_model_dir
+    weights = parse_weights(args.weights)
+    from ..export import PersonalRewardModel
 
-    personal = is_personal_model_dir(args.model)  # an exported one-user model (`pal-mm export`)
-    model = PersonalRewardModel.from_pretrained(args.model) if personal else PALModel.from_pretrained(args.model)
+    model = c.load_model(args)
     prompt, responses = args.prompt, list(args.response)
     if model.encoder.prompt_modality == "vector":
         prompt = parse_vector(prompt, "--prompt")
     if model.encoder.item_modality == "vector":
         responses = [parse_vector(r, "--response") for r in responses]
     user = args.user
-    weights = parse_weights(args.weights)
-    if personal:
+    if isinstance(model, PersonalRewardModel):
         if user is not None or weights is not None:
             raise PalMMError(f"{args.model}: a reward model exported for {model.describe()}; drop --user/--weights")
         rewards = model.reward(prompt, responses)
@@ -55,9 +67,10 @@ def run(args) -> int:
         if user is None and weights is None and len(model.users) == 1:
             user = model.users[0]
         rewards = model.reward(prompt, responses, user=user, weights=weights)
-    if args.json:
-        print(json.dumps({"rewards": rewards}))
-    else:
-        for text, r in zip(args.response, rewards):
-            print(f"{r:+.6f}\t{text}")
+    if args.json is not None:
+        c.emit_json(args.json, {"rewards": rewards})
+        if args.json == "-":
+            return 0
+    for text, r in zip(args.response, rewards):
+        print(f"{r:+.6f}\t{text}" if math.isfinite(r) else f"n/a\t{text}")
     return 0
