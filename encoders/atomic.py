@@ -1,6 +1,9 @@
 """Atomic writes: every file and folder is written under a temporary name in the same folder and
 then renamed over its target, so a reader never sees half a file and a failure (or a kill)
 leaves the previous version, or nothing, in place.
+
+Temporary files are named ``.<name>.<host>.<pid>.<random>.tmp``, so a later run can tell the
+leftovers of a killed writer (:func:`remove_stale_temps`) from a file a live process is writing.
 """
 
 from __future__ import annotations
@@ -8,10 +11,73 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+
+#: temporary files older than this are leftovers whoever wrote them (a write takes seconds)
+STALE_AFTER_S = 15 * 60
+_TEMP_OWNER = re.compile(r"\.(?P<host>[A-Za-z0-9-]{1,40})\.(?P<pid>\d{1,10})\.[A-Za-z0-9_]+\.tmp$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+
+def temp_prefix(name: str) -> str:
+    """Prefix of this process's temporary files for ``name``: ``.<name>.<host>.<pid>.``"""
+    return f".{name}.{_host()}.{os.getpid()}."
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # exists under another user (or cannot tell): assume it is alive
+    return True
+
+
+def is_stale_temp(path: str | os.PathLike, max_age_s: float = STALE_AFTER_S, now: float | None = None) -> bool:
+    """A temporary file nobody is writing any more: its writer (same host) has exited, or it has
+    not been modified for ``max_age_s`` seconds. Never true for a file a live local writer holds."""
+    path = Path(path)
+    m = _TEMP_OWNER.search(path.name)
+    if m and m["host"] == _host():
+        pid = int(m["pid"])
+        if pid == os.getpid() or pid_alive(pid):
+            return False
+        return True
+    try:
+        age = (time.time() if now is None else now) - path.lstat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > max_age_s
+
+
+def remove_stale_temps(directory: str | os.PathLike, pattern: str = ".*.tmp", max_age_s: float = STALE_AFTER_S) -> int:
+    """Delete the stale temporary files (see :func:`is_stale_temp`) matching ``pattern`` in
+    ``directory``; returns how many were removed. Files that vanish or cannot be removed are skipped."""
+    directory = Path(directory)
+    removed = 0
+    try:
+        candidates = [p for p in directory.glob(pattern) if p.is_file() or p.is_symlink()]
+    except OSError:
+        return 0
+    for p in candidates:
+        if is_stale_temp(p, max_age_s):
+            try:
+                p.unlink()
+                removed += 1
+            except OSError:
+                pass
+    return removed
 
 
 def write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = False) -> None:
@@ -19,7 +85,7 @@ def write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = False) -> No
     (for caches that must survive a power loss, not only a crash)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
