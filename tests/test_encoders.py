@@ -163,32 +163,35 @@ def test_packaged_encoders_fall_back_to_the_hub(monkeypatch, caplog, name, packa
     assert get_encoder_class(name).base_model_from_config({}) == hub_id
 
 
-def test_model_loading_keeps_download_bars_unless_switched_off(capsys):
+def test_model_loading_keeps_download_bars_unless_switched_off(capsys, models):
     from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging as hf_logging
 
     from encoders.assets import quiet_transformers
-    from encoders.progress import set_progress
+    from encoders.progress import module_tqdm_silenced, set_progress
 
-    before = are_progress_bars_disabled()
+    before, own = are_progress_bars_disabled(), hf_logging.is_progress_bar_enabled()
     with quiet_transformers():
         assert are_progress_bars_disabled() == before  # downloads still show their bars
+        assert not hf_logging.is_progress_bar_enabled()  # transformers' weight-loading bar does not
     with quiet_transformers(progress=False):
         assert are_progress_bars_disabled()
-    assert are_progress_bars_disabled() == before
-    import transformers.modeling_gguf_pytorch_utils as gguf_loader  # calls tqdm directly
-
-    from encoders.progress import module_tqdm_silenced
-
-    original = gguf_loader.tqdm
-    with module_tqdm_silenced(gguf_loader.__name__):
-        list(gguf_loader.tqdm(range(3), desc="gguf bar"))
-    assert gguf_loader.tqdm is original and "gguf bar" not in capsys.readouterr().err
+    assert (are_progress_bars_disabled(), hf_logging.is_progress_bar_enabled()) == (before, own)
     set_progress(False)
     try:
         with quiet_transformers():
             assert are_progress_bars_disabled()
     finally:
         set_progress(None)
+    capsys.readouterr()
+    create_encoder("hf-text", model_name_or_path=str(models["lm"]), device="cpu")
+    assert capsys.readouterr().err == ""  # a local load prints nothing
+    import transformers.modeling_gguf_pytorch_utils as gguf_loader  # calls tqdm directly
+
+    original = gguf_loader.tqdm
+    with module_tqdm_silenced(gguf_loader.__name__):
+        list(gguf_loader.tqdm(range(3), desc="gguf bar"))
+    assert gguf_loader.tqdm is original and "gguf bar" not in capsys.readouterr().err
 
 
 def test_stale_gguf_conversions_are_removed(tmp_path):
@@ -338,6 +341,23 @@ def test_entry_point_plugin(clean_registry, monkeypatch, recwarn):
     assert "toy-plugin" in names and "broken-plugin" not in names  # a broken plug-in only warns
     assert any("broken-plugin" in str(w.message) for w in recwarn)
     assert create_encoder("toy-plugin").encode_items(["hello"]).shape == (1, 2)
+
+
+def test_readme_plugin_example_runs(clean_registry, tmp_path, monkeypatch):
+    """The plug-in of encoders/README.md, copied verbatim, registers and encodes."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "encoders" / "README.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if b.startswith("# my_pal_encoders.py")]
+    (tmp_path / "my_pal_encoders_readme.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_pal_encoders_readme  # noqa: F401
+
+    enc = create_encoder("char-hash", dim=64)
+    v = enc.encode_items(["hello world", "hello there"])
+    assert v.shape == (2, 64) and torch.allclose(v.norm(dim=1), torch.ones(2))
+    assert create_encoder("char-hash", **enc.config()).fingerprint() == enc.fingerprint()
+    assert enc.uses_cache and enc.base_model is None and enc.card_data()["tags"] == ["text"]
 
 
 # ----- end to end through the CLI -------------------------------------------------------------
