@@ -22,6 +22,8 @@ from typing import Any, Iterable, Iterator
 
 #: temporary files older than this are leftovers whoever wrote them (a write takes seconds)
 STALE_AFTER_S = 15 * 60
+#: ... and a file of a live process (a reused pid) after a day untouched
+STALE_ALIVE_S = 24 * 3600
 _TEMP_OWNER = re.compile(r"\.(?P<host>[A-Za-z0-9-]{1,40})\.(?P<pid>\d{1,10})\.[A-Za-z0-9_]+\.tmp$")
 
 
@@ -45,19 +47,21 @@ def pid_alive(pid: int) -> bool:
 
 
 def is_stale_temp(path: str | os.PathLike, max_age_s: float = STALE_AFTER_S, now: float | None = None) -> bool:
-    """A temporary file nobody is writing any more: its writer (same host) has exited, or it has
-    not been modified for ``max_age_s`` seconds. Never true for a file a live local writer holds."""
+    """A temporary file nobody is writing any more: its writer on this host has exited; or, when
+    the writer cannot be checked (another host, an older name without owner), it has not been
+    modified for ``max_age_s`` seconds. A file whose writer is alive counts as stale only after a
+    day untouched (its pid was reused); this process's own files never do."""
     path = Path(path)
     m = _TEMP_OWNER.search(path.name)
-    if m and m["host"] == _host():
-        pid = int(m["pid"])
-        if pid == os.getpid() or pid_alive(pid):
-            return False
-        return True
     try:
         age = (time.time() if now is None else now) - path.lstat().st_mtime
     except FileNotFoundError:
         return False
+    if m and m["host"] == _host():
+        pid = int(m["pid"])
+        if pid == os.getpid():
+            return False
+        return not pid_alive(pid) or age > STALE_ALIVE_S
     return age > max_age_s
 
 

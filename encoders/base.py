@@ -79,7 +79,18 @@ class Encoder(nn.Module):
     def __init__(self, batch_size: int = 32, device: str | None = None, dtype: str = "float32"):
         super().__init__()
         self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise EncoderError(f"batch_size must be >= 1, got {batch_size!r}")
         self.device_name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            kind = torch.device(self.device_name).type
+        except (RuntimeError, TypeError):
+            raise EncoderError(f"device must be a torch device such as cpu, cuda or cuda:1, got {device!r}") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise EncoderError(f"device {device!r} asked for, but CUDA is not available here (use cpu)")
+        kind = getattr(torch, dtype, None) if isinstance(dtype, str) else None
+        if not isinstance(kind, torch.dtype) or not kind.is_floating_point:
+            raise EncoderError(f"dtype must be a float type such as float32, bfloat16 or float16, got {dtype!r}")
         self.dtype_name = dtype
         self.prompt_dim: int | None = None
         self.item_dim: int | None = None

@@ -71,17 +71,27 @@ class OpenCLIPEncoder(Encoder):
         return self.model.encode_image(pixels.to(self.device, self.torch_dtype), normalize=self.normalize)
 
     def _pixel_steps(self) -> list:
-        """The tensor-capable steps of ``self.preprocess`` (built once)."""
+        """The tensor-capable steps of ``self.preprocess`` (built once); torchvision v1 or v2."""
         if getattr(self, "_steps", None) is None:
-            from torchvision import transforms as T
+            from torchvision import transforms as v1
 
+            kinds = [v1]
+            try:
+                from torchvision.transforms import v2
+
+                kinds.append(v2)
+            except ImportError:
+                pass
+            resize = tuple(m.Resize for m in kinds)
+            tensor_ops = tuple(c for m in kinds for c in (m.CenterCrop, m.Normalize))
+            pil_only = tuple(getattr(m, n) for m in kinds for n in ("ToTensor", "PILToTensor", "ToImage", "ToDtype") if hasattr(m, n))
             steps = []
             for t in getattr(self.preprocess, "transforms", [self.preprocess]):
-                if isinstance(t, T.Resize):
+                if isinstance(t, resize):
                     steps.append(lambda x, t=t: t(x).clamp(0.0, 1.0))  # PIL output is 8-bit: no overshoot
-                elif isinstance(t, (T.CenterCrop, T.Normalize)):
+                elif isinstance(t, tensor_ops):
                     steps.append(t)
-                elif isinstance(t, (T.ToTensor, T.PILToTensor)) or type(t).__name__ in ("MaybeConvertMode", "function"):
+                elif isinstance(t, pil_only) or type(t).__name__ in ("MaybeConvertMode", "function"):
                     continue  # PIL conversions: the pixels already are an RGB float tensor in [0, 1]
                 else:
                     raise EncoderError(f"open-clip: no differentiable version of the preprocessing step {type(t).__name__}")

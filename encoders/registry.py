@@ -66,6 +66,8 @@ def list_encoders() -> list[str]:
 
 
 def get_encoder_class(name: str):
+    if not isinstance(name, str):
+        raise EncoderError(f"an encoder name must be a string, got {type(name).__name__}")
     _load_entry_points()
     if name not in _REGISTRY:
         raise EncoderError(f"unknown encoder {name!r}; registered encoders: {', '.join(sorted(_REGISTRY))}")

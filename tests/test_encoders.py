@@ -121,6 +121,19 @@ def test_missing_directory_and_package_give_clear_errors(monkeypatch):
         create_encoder("hf-text", poolng="mean")
     with pytest.raises(EncoderError, match=r"invalid options .*batch_size"):
         create_encoder("precomputed", batch_size="many")
+    with pytest.raises(EncoderError, match="batch_size must be >= 1"):
+        create_encoder("precomputed", batch_size=0)
+    with pytest.raises(EncoderError, match="dtype must be a float type"):
+        create_encoder("precomputed", dtype="float33")
+    with pytest.raises(EncoderError, match="dtype must be a float type"):
+        create_encoder("precomputed", dtype="int64")
+    with pytest.raises(EncoderError, match="device must be a torch device"):
+        create_encoder("precomputed", device="gpu-please")
+    with pytest.raises(EncoderError, match="must be a string"):
+        create_encoder(["hf-text"])
+    if not torch.cuda.is_available():
+        with pytest.raises(EncoderError, match="CUDA is not available"):
+            create_encoder("precomputed", device="cuda:0")
     import encoders.assets as assets
 
     real = assets.importlib.util.find_spec
