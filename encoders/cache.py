@@ -10,13 +10,18 @@ Layout (under ``$PAL_MM_CACHE`` or ``~/.cache/pal-mm``)::
   image path (renaming or moving an image keeps its entry; editing it does not), or the float64
   bytes of a vector. The directory adds the encoder's fingerprint (weights, pooling, max length,
   dtype...) and the tower, so a key never crosses encoders or towers.
-* **Shards**: each write stores a batch of entries in one safetensors file (``keys`` (n, 32)
-  uint8, ``emb`` (n, d) float32) whose metadata holds sha256 checksums of both tensors. Files
-  are written to a temporary name, fsynced and renamed, so readers never see partial files;
-  names are unique, so concurrent writers never clobber each other. When a tower has more than
-  ``max_shards`` shards they are merged into one.
-* **Integrity**: a shard that cannot be parsed, has wrong shapes, or fails its checksum is
-  reported (warning + ``corrupt`` counter), deleted, and its entries are recomputed - never used.
+* **Shards** (``encoders.shards``): each write stores a batch of entries in one safetensors file
+  with sha256 checksums, written to a temporary name, fsynced and renamed, so readers never see
+  partial files; names are unique, so concurrent writers never clobber each other. When a tower
+  has more than ``max_shards`` shards they are merged into one.
+* **Untrusted input**: a shard that cannot be parsed, has wrong shapes or widths, fails its
+  checksum or holds non-finite values is reported once (a warning + the ``corrupt`` counter),
+  deleted, and its entries are recomputed - never used. A cache folder that cannot be read or
+  written gives one warning and the run goes on without it.
+* **Leftovers**: temporary files of killed runs (``.shard-*.tmp``) are removed when a tower is
+  first opened, unless a live process may still be writing them (``encoders.atomic``).
+* **Progress**: ``progress=True`` draws a bar over the inputs being encoded (None: the
+  process-wide setting of ``encoders.progress``).
 * **Speed**: the key index of a tower is read once per process (keys only); embeddings of a
   shard are read (and verified) only when one of its entries is needed.
 
@@ -29,159 +34,54 @@ import hashlib
 import json
 import os
 import re
-import time
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.numpy import save as st_save
-
-from .atomic import write_bytes
-from .errors import EncoderError
 
 from .assets import cache_root
+from .atomic import remove_stale_temps, write_bytes
 from .base import Encoder
+from .errors import EncoderError
+from .progress import progress_bar
+from .shards import KEY_BYTES, CorruptShard, TowerStore
 
-FORMAT = "pal-mm-embedding-shard-1"
-KEY_BYTES = 32
-
-
-def _sha(*arrays: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
+__all__ = ["EmbeddingCache", "CorruptShard"]
 
 
 def _safe_name(fingerprint: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", fingerprint)[:120]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    write_bytes(path, data, fsync=True)
-
-
-class CorruptShard(Exception):
-    pass
-
-
-class _TowerStore:
-    """The shards of one (fingerprint, tower) directory: a key -> (shard, row) index plus the
-    embeddings of the shards read so far."""
-
-    def __init__(self, directory: Path):
-        self.dir = directory
-        self.index: dict[bytes, tuple[str, int]] = {}
-        self.meta: dict[str, dict] = {}  # shard name -> metadata
-        self.emb: dict[str, np.ndarray] = {}  # shard name -> (n, d), verified
-
-    def shard_names(self) -> list[str]:
-        if not self.dir.is_dir():
-            return []
-        return sorted(n for n in os.listdir(self.dir) if n.startswith("shard-") and n.endswith(".safetensors"))
-
-    def refresh(self, on_corrupt) -> None:
-        """Index shards written since the last call (by this or another process)."""
-        names = self.shard_names()
-        gone = set(self.meta) - set(names)
-        if gone:  # merged or deleted elsewhere: rebuild the index
-            self.index.clear()
-            self.meta.clear()
-            self.emb = {k: v for k, v in self.emb.items() if k not in gone}
-        for name in names:
-            if name in self.meta:
-                continue
-            try:
-                meta, keys = self._read_keys(name)
-            except FileNotFoundError:
-                continue
-            except CorruptShard as e:
-                on_corrupt(self.dir / name, str(e))
-                continue
-            self.meta[name] = meta
-            for row, k in enumerate(keys):
-                self.index[k.tobytes()] = (name, row)
-
-    def _read_keys(self, name: str) -> tuple[dict, np.ndarray]:
-        path = self.dir / name
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                meta = f.metadata() or {}
-                keys = f.get_tensor("keys")
-        except FileNotFoundError:
-            raise
-        except Exception as e:  # truncated header, garbage, missing tensor
-            raise CorruptShard(f"unreadable ({type(e).__name__}: {e})") from None
-        if meta.get("format") != FORMAT:
-            raise CorruptShard(f"unknown format {meta.get('format')!r}")
-        try:
-            count, dim = int(meta["count"]), int(meta["dim"])
-        except (KeyError, ValueError):
-            raise CorruptShard("metadata lacks count/dim") from None
-        if keys.dtype != np.uint8 or keys.shape != (count, KEY_BYTES):
-            raise CorruptShard(f"keys have shape {keys.shape}, expected ({count}, {KEY_BYTES})")
-        if _sha(keys) != meta.get("keys_sha256"):
-            raise CorruptShard("keys checksum mismatch")
-        return {"count": count, "dim": dim, "emb_sha256": meta.get("emb_sha256")}, keys
-
-    def embeddings(self, name: str) -> np.ndarray:
-        """The verified (n, d) embeddings of one shard (raises CorruptShard / FileNotFoundError)."""
-        if name not in self.emb:
-            meta = self.meta[name]
-            try:
-                with safe_open(str(self.dir / name), framework="numpy") as f:
-                    emb = f.get_tensor("emb")
-            except FileNotFoundError:
-                raise
-            except Exception as e:
-                raise CorruptShard(f"unreadable embeddings ({type(e).__name__}: {e})") from None
-            if emb.dtype != np.float32 or emb.shape != (meta["count"], meta["dim"]):
-                raise CorruptShard(f"embeddings have shape {emb.shape}, expected ({meta['count']}, {meta['dim']})")
-            if _sha(emb) != meta["emb_sha256"]:
-                raise CorruptShard("embeddings checksum mismatch")
-            self.emb[name] = emb
-        return self.emb[name]
-
-    def forget(self, name: str) -> None:
-        self.meta.pop(name, None)
-        self.emb.pop(name, None)
-        self.index = {k: v for k, v in self.index.items() if v[0] != name}
-
-    def write(self, keys: np.ndarray, emb: np.ndarray, extra: dict) -> str:
-        """Store (n, 32) keys and (n, d) float32 embeddings as a new shard; returns its name."""
-        keys = np.ascontiguousarray(keys, dtype=np.uint8)
-        emb = np.ascontiguousarray(emb, dtype=np.float32)
-        meta = {"format": FORMAT, "count": str(len(keys)), "dim": str(emb.shape[1]),
-                "keys_sha256": _sha(keys), "emb_sha256": _sha(emb), **{k: str(v) for k, v in extra.items()}}
-        self.dir.mkdir(parents=True, exist_ok=True)
-        name = f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.safetensors"
-        _atomic_write(self.dir / name, st_save({"keys": keys, "emb": emb}, metadata=meta))
-        self.meta[name] = {"count": len(keys), "dim": emb.shape[1], "emb_sha256": meta["emb_sha256"]}
-        self.emb[name] = emb
-        for row, k in enumerate(keys):
-            self.index[k.tobytes()] = (name, row)
-        return name
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 class EmbeddingCache:
     """On-disk embedding cache. ``encode(encoder, tower, values)`` returns (n, dim) float32 and
     encodes only the inputs it has not seen; ``hits`` / ``misses`` count distinct inputs found /
-    encoded, ``corrupt`` the damaged shards detected (and repaired)."""
+    encoded, ``corrupt`` the damaged shards detected (and repaired), ``leftovers`` the temporary
+    files of killed runs removed."""
 
-    def __init__(self, root: str | os.PathLike | None = None, chunk_size: int = 2048, max_shards: int = 32):
+    def __init__(self, root: str | os.PathLike | None = None, chunk_size: int = 2048, max_shards: int = 32,
+                 progress: bool | None = None):
         base = Path(root).expanduser() if root is not None else cache_root()
         self.root = base / "embeddings"
         self.chunk_size = int(chunk_size)  # misses are encoded and stored this many at a time
         self.max_shards = int(max_shards)
+        self.progress = progress
         self.hits = 0
         self.misses = 0
         self.corrupt = 0
-        self._stores: dict[tuple[str, str], _TowerStore] = {}
+        self.leftovers = 0
+        self._stores: dict[tuple[str, str], TowerStore] = {}
         self._file_digests: dict[tuple[str, int, int], bytes] = {}
+        self._unwritable: str | None = None  # why writing failed: warned once, then skipped
 
     # ----- keys -----------------------------------------------------------------------------
     def key(self, value: Any, modality: str) -> bytes:
@@ -191,52 +91,75 @@ class EmbeddingCache:
                 raise EncoderError(f"image inputs must be file paths, got {type(value).__name__}")
             return self._file_key(value)
         if isinstance(value, str):
-            return hashlib.sha256(b"text\0" + value.encode("utf-8")).digest()
+            return hashlib.sha256(b"text\0" + value.encode("utf-8", "surrogatepass")).digest()
         if isinstance(value, (list, tuple, np.ndarray, torch.Tensor)):
-            arr = np.asarray(value, dtype=np.float64)
+            try:
+                arr = np.asarray(value, dtype=np.float64)
+            except (TypeError, ValueError, OverflowError) as e:
+                raise EncoderError(f"cannot cache a vector input ({type(e).__name__}: {e})") from None
             return hashlib.sha256(b"vector\0" + str(arr.shape).encode() + b"\0" + arr.tobytes()).digest()
         raise EncoderError(f"cannot cache an input of type {type(value).__name__}")
 
     def _file_key(self, path: str | os.PathLike) -> bytes:
         try:
             st = os.stat(path)
+            memo = (os.fspath(path), st.st_size, st.st_mtime_ns)
+            if memo not in self._file_digests:
+                h = hashlib.sha256(b"image\0")
+                with open(path, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+                self._file_digests[memo] = h.digest()
         except FileNotFoundError:
             raise EncoderError(f"image file not found: {path}") from None
-        memo = (os.fspath(path), st.st_size, st.st_mtime_ns)
-        if memo not in self._file_digests:
-            h = hashlib.sha256(b"image\0")
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            self._file_digests[memo] = h.digest()
+        except (OSError, ValueError) as e:  # a directory, no permission, a NUL in the name...
+            raise EncoderError(f"cannot read image file {path} ({type(e).__name__}: {e})") from None
         return self._file_digests[memo]
 
-    # ----- lookup / store -------------------------------------------------------------------
-    def _store(self, encoder: Encoder, tower: str) -> tuple[_TowerStore, str]:
+    # ----- stores ---------------------------------------------------------------------------
+    def _store(self, encoder: Encoder, tower: str) -> tuple[TowerStore, str]:
         fingerprint = encoder.fingerprint()
         skey = (fingerprint, tower)
         if skey not in self._stores:
             fdir = self.root / _safe_name(fingerprint)
-            self._stores[skey] = _TowerStore(fdir / tower)
-            info = fdir / "info.json"
-            if not info.exists():
-                fdir.mkdir(parents=True, exist_ok=True)
-                blob = {"fingerprint": fingerprint, "encoder": encoder.describe(),
-                        "parts": encoder.fingerprint_parts()}
-                _atomic_write(info, (json.dumps(blob, indent=1, default=str) + "\n").encode())
+            store = TowerStore(fdir / tower, dim=encoder.tower_dim(tower))
+            self._stores[skey] = store
+            self.leftovers += remove_stale_temps(store.dir, ".shard-*.tmp") + remove_stale_temps(fdir, ".info.json.*.tmp")
+            if not _exists(fdir / "info.json"):
+                blob = {"fingerprint": fingerprint, "encoder": encoder.describe(), "parts": encoder.fingerprint_parts()}
+                self._write(lambda: write_bytes(fdir / "info.json", (json.dumps(blob, indent=1, default=str) + "\n").encode()))
         return self._stores[skey], fingerprint
 
-    def _on_corrupt(self, path: Path, why: str) -> None:
+    def _write(self, fn) -> bool:
+        """Run a cache write; an unusable cache folder is reported once and skipped afterwards."""
+        if self._unwritable is not None:
+            return False
+        try:
+            fn()
+            return True
+        except OSError as e:
+            self._unwritable = f"{type(e).__name__}: {e}"
+            warnings.warn(f"embedding cache: cannot write under {self.root} ({self._unwritable}); "
+                          "going on without storing embeddings (choose another --cache-dir or --no-cache)")
+            return False
+
+    def _on_corrupt(self, store: TowerStore, name: str, why: str) -> None:
+        """Report a damaged shard once, delete it (or skip it when it cannot be deleted)."""
         self.corrupt += 1
-        warnings.warn(f"embedding cache: {path} is corrupt ({why}); deleting it, its entries will be recomputed")
+        path = store.dir / name
         try:
             path.unlink()
+            action = "deleted it"
         except FileNotFoundError:
-            pass
+            action = "it is gone"
+        except OSError as e:
+            store.bad.add(name)
+            action = f"could not delete it ({type(e).__name__}), it is skipped"
+        warnings.warn(f"embedding cache: {path} is corrupt ({why}); {action}, its entries will be recomputed")
 
-    def _lookup(self, store: _TowerStore, keys: list[bytes]) -> dict[bytes, np.ndarray]:
+    def _lookup(self, store: TowerStore, keys: list[bytes]) -> dict[bytes, np.ndarray]:
         """Verified rows for the keys present in the cache."""
-        store.refresh(self._on_corrupt)
+        store.refresh(lambda name, why: self._on_corrupt(store, name, why))
         by_shard: dict[str, list[bytes]] = {}
         for k in keys:
             loc = store.index.get(k)
@@ -250,13 +173,14 @@ class EmbeddingCache:
                 store.forget(name)
                 continue
             except CorruptShard as e:
-                self._on_corrupt(store.dir / name, str(e))
+                self._on_corrupt(store, name, str(e))
                 store.forget(name)
                 continue
             rows = emb[[store.index[k][1] for k in ks]]
             found.update(zip(ks, rows))
         return found
 
+    # ----- encoding -------------------------------------------------------------------------
     def encode(self, encoder: Encoder, tower: str, values: Sequence[Any]) -> torch.Tensor:
         """(n,) inputs -> (n, dim) float32: cached rows where present, the rest encoded (in
         chunks of ``chunk_size``, each stored as soon as it is done) and stored."""
@@ -276,22 +200,39 @@ class EmbeddingCache:
         missing = [k for k in unique if k not in found]
         self.hits += len(unique) - len(missing)
         self.misses += len(missing)
-        for s in range(0, len(missing), self.chunk_size):
-            chunk = missing[s : s + self.chunk_size]
-            emb = encoder.encode([values[first[k]] for k in chunk], tower).float().numpy()
-            if emb.shape[0] != len(chunk):
-                raise EncoderError(f"encoder {encoder.name!r} returned {emb.shape[0]} rows for {len(chunk)} inputs")
-            key_arr = np.frombuffer(b"".join(chunk), dtype=np.uint8).reshape(len(chunk), KEY_BYTES)
-            store.write(key_arr, emb, {"fingerprint": fingerprint, "tower": tower})
-            found.update(zip(chunk, emb))
+        if missing:
+            self._encode_missing(encoder, tower, store, fingerprint, [values[first[k]] for k in missing], missing, found)
         if len(store.shard_names()) > self.max_shards:
             self.compact(encoder, tower)
+        widths = {found[k].shape[-1] for k in unique}
+        if len(widths) > 1:
+            raise EncoderError(f"embedding cache: vectors of widths {sorted(widths)} for encoder {encoder.name!r}; "
+                               f"delete {store.dir} and run again")
         return torch.from_numpy(np.stack([found[k] for k in keys]))
+
+    def _encode_missing(self, encoder: Encoder, tower: str, store: TowerStore, fingerprint: str,
+                        inputs: list, keys: list[bytes], found: dict) -> None:
+        with progress_bar(total=len(keys), desc=f"encoding {tower}s ({encoder.name})", unit="input",
+                          progress=self.progress) as bar, encoder.progress_hook(bar.update):
+            for s in range(0, len(keys), self.chunk_size):
+                chunk = keys[s : s + self.chunk_size]
+                emb = encoder.encode(inputs[s : s + self.chunk_size], tower).float().numpy()
+                bar.update(max(0, s + len(chunk) - bar.n))  # for encoders that do not report their batches
+                if emb.ndim != 2 or emb.shape[0] != len(chunk):
+                    raise EncoderError(f"encoder {encoder.name!r} returned shape {tuple(emb.shape)} for {len(chunk)} inputs")
+                if store.dim is None:
+                    store.dim = int(emb.shape[1])
+                key_arr = np.frombuffer(b"".join(chunk), dtype=np.uint8).reshape(len(chunk), KEY_BYTES)
+                if np.isfinite(emb).all():
+                    self._write(lambda: store.write(key_arr, emb, {"fingerprint": fingerprint, "tower": tower}))
+                else:
+                    warnings.warn(f"encoder {encoder.name!r} produced NaN or infinite vectors; they are not cached")
+                found.update(zip(chunk, emb))
 
     def compact(self, encoder: Encoder, tower: str) -> None:
         """Merge all shards of a tower into one (verified rows only)."""
         store, fingerprint = self._store(encoder, tower)
-        store.refresh(self._on_corrupt)
+        store.refresh(lambda name, why: self._on_corrupt(store, name, why))
         names = list(store.meta)
         keys = list(store.index)
         if len(names) < 2:
@@ -300,25 +241,28 @@ class EmbeddingCache:
         keys = [k for k in keys if k in found]
         if keys:
             key_arr = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), KEY_BYTES)
-            store.write(key_arr, np.stack([found[k] for k in keys]), {"fingerprint": fingerprint, "tower": tower})
+            merged = np.stack([found[k] for k in keys])
+            if not self._write(lambda: store.write(key_arr, merged, {"fingerprint": fingerprint, "tower": tower})):
+                return  # keep the old shards: nothing was merged
         for name in names:
             store.forget(name)
             try:
                 (store.dir / name).unlink()
-            except FileNotFoundError:
+            except OSError:
                 pass
 
     # ----- reporting ------------------------------------------------------------------------
     def stats(self) -> dict:
-        return {"hits": self.hits, "misses": self.misses, "corrupt": self.corrupt}
-
-    def reset_counters(self) -> None:
-        self.hits = self.misses = self.corrupt = 0
+        return {"hits": self.hits, "misses": self.misses, "corrupt": self.corrupt, "leftovers": self.leftovers}
 
     def summary(self) -> str:
         """One line for commands: ``encoded N, found M cached``."""
         text = f"encoded {self.misses}, found {self.hits} cached"
-        return text + (f" ({self.corrupt} corrupt cache file(s) repaired)" if self.corrupt else "")
+        if self.corrupt:
+            text += f" ({self.corrupt} corrupt cache file(s) repaired)"
+        if self.leftovers:
+            text += f" ({self.leftovers} leftover temporary file(s) of killed runs removed)"
+        return text
 
     def __repr__(self) -> str:
         return f"EmbeddingCache(root={str(self.root.parent)!r}, hits={self.hits}, misses={self.misses})"

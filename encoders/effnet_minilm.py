@@ -16,6 +16,7 @@ from .base import Encoder
 from .effnet import EfficientNetFeatures, weights_identity
 from .images import IMAGENET_MEAN, IMAGENET_STD, load_image_batch
 from .minilm import MiniLMEncoder
+from .pixels import check_pixels, normalize, resize_center_crop_tensor
 from .registry import register_encoder
 
 
@@ -39,7 +40,8 @@ class EffNetMiniLMEncoder(Encoder):
         self.prompt_dim, self.item_dim = self.text.prompt_dim, int(self.image.net.num_features)
 
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        return self.text.encode_texts(prompts)  # length-sorted dynamic batches
+        with self.text.progress_hook(self.__dict__.get("_progress_callback")):
+            return self.text.encode_texts(prompts)  # length-sorted dynamic batches
 
     def _encode_prompt_batch(self, prompts: Sequence[str]) -> torch.Tensor:  # (b, 384)
         return self.text._encode_text_batch(prompts)
@@ -47,6 +49,14 @@ class EffNetMiniLMEncoder(Encoder):
     def _encode_item_batch(self, items: Sequence[str]) -> torch.Tensor:  # (b, 1280)
         x = load_image_batch(items, self.image_size, self.crop_pct, IMAGENET_MEAN, IMAGENET_STD)
         return self.image(x.to(self.device, self.torch_dtype))
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) in [0, 1] -> (B, 1280)
+        """The PIL path's resize, centre crop and ImageNet normalisation as torch ops, differentiable."""
+        x = resize_center_crop_tensor(check_pixels(pixels), self.image_size, self.crop_pct)
+        return self.image(normalize(x, IMAGENET_MEAN, IMAGENET_STD).to(self.device, self.torch_dtype))
+
+    def card_data(self) -> dict:
+        return {**super().card_data(), "components": {"prompt": self.text.base_model, "item": "EfficientNet-Lite0 (ImageNet)"}}
 
     def layer_stacks(self) -> dict[str, list[nn.Module]]:
         return {"text": self.text.layer_stacks()["text"], "image": list(self.image.net.blocks)}

@@ -19,10 +19,11 @@ from torch import nn
 
 from .errors import EncoderError
 
-from .assets import directory_identity, quiet_transformers, require_module
+from .assets import directory_identity, hub_repo_id, quiet_transformers, require_module
 from .base import Encoder
 from .pooling import POOLINGS, pool, position_ids
 from .registry import register_encoder
+from .trust import check_local, loading, transformers_code
 
 
 def _is_causal(config) -> bool:
@@ -62,6 +63,8 @@ class HFTextEncoder(Encoder):
         padding_side: ``right`` or ``left`` for causal LMs (both give the same vectors); encoder
             models are always padded on the right.
         append_eos: append the tokenizer's EOS token to every text (last-token reward models).
+        trust_remote_code: let a model that ships its own Python code run it (never saved in
+            ``config()``; pass it again when loading, see ``encoders.trust``).
     """
 
     weights_source = "any transformers model: Hub id or local directory (model_name_or_path=...)"
@@ -84,15 +87,14 @@ class HFTextEncoder(Encoder):
             self.model_name_or_path = str(local.resolve())
         elif os.sep in self.model_name_or_path and self.model_name_or_path.startswith((".", "/", "~")):
             raise EncoderError(f"hf-text: model directory not found: {self.model_name_or_path}")
-        try:
-            with quiet_transformers():
-                self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_name_or_path, trust_remote_code=trust_remote_code)
-                self.model = transformers.AutoModel.from_pretrained(self.model_name_or_path, dtype=self.torch_dtype,
-                                                                    trust_remote_code=trust_remote_code)
-        except OSError as e:
-            raise EncoderError(f"hf-text: could not load {self.model_name_or_path!r} ({str(e).splitlines()[0]}); "
-                             "give a local model directory, or a Hub id with network access") from None
-        self.trust_remote_code = trust_remote_code
+        trust_remote_code = bool(trust_remote_code)
+        if self.is_local:
+            check_local("hf-text", self.model_name_or_path, transformers_code(self.model_name_or_path), trust_remote_code)
+        with loading("hf-text", self.model_name_or_path, trust_remote_code), quiet_transformers():
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_name_or_path, trust_remote_code=trust_remote_code)
+            self.model = transformers.AutoModel.from_pretrained(self.model_name_or_path, dtype=self.torch_dtype,
+                                                                trust_remote_code=trust_remote_code)
+        self.trust_remote_code = trust_remote_code  # a load-time choice: not part of config()
         self.causal = _is_causal(self.model.config)
         self.pooling = pooling or ("last-token" if self.causal else "mean")
         if self.pooling not in POOLINGS:
@@ -168,26 +170,13 @@ class HFTextEncoder(Encoder):
     _encode_prompt_batch = _encode_text_batch
     _encode_item_batch = _encode_text_batch
 
-    @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """(n,) texts -> (n, d) float32 on CPU; batches sorted by length, order restored."""
         texts = list(texts)
         if not texts:
             return torch.zeros(0, self.prompt_dim or 0)
         ids = self.tokenize(texts)
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        was_training = self.training
-        self.eval()
-        try:
-            chunks = []
-            for s in range(0, len(order), self.batch_size):
-                batch = [ids[i] for i in order[s : s + self.batch_size]]
-                chunks.append(self._encode_ids(batch).float().cpu())
-        finally:
-            self.train(was_training)
-        out = torch.empty(len(texts), chunks[0].shape[1])
-        out[torch.as_tensor(order)] = torch.cat(chunks)
-        return out
+        return self._batched_by_length(self._encode_ids, ids, [len(x) for x in ids])
 
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
         return self.encode_texts(prompts)
@@ -209,7 +198,11 @@ class HFTextEncoder(Encoder):
     def config(self) -> dict:
         return {"model_name_or_path": self.model_name_or_path, "pooling": self.pooling, "max_length": self.max_length,
                 "normalize": self.normalize, "padding_side": self.padding_side, "append_eos": self.append_eos,
-                "batch_size": self.batch_size, "dtype": self.dtype_name, "trust_remote_code": self.trust_remote_code}
+                "batch_size": self.batch_size, "dtype": self.dtype_name}
+
+    @classmethod
+    def base_model_from_config(cls, config: dict) -> str | None:
+        return cls.hub_id or hub_repo_id(config.get("model_name_or_path"))
 
     def model_identity(self) -> dict:
         """Content identity of the weights: hashes of the local files, or the Hub commit."""
@@ -222,6 +215,5 @@ class HFTextEncoder(Encoder):
     def fingerprint_parts(self) -> dict:
         parts = super().fingerprint_parts()
         parts.pop("padding_side", None)  # left/right give the same vectors by construction
-        parts.pop("trust_remote_code", None)
         parts["identity"] = self.model_identity()
         return parts

@@ -4,6 +4,10 @@
 checkpoint file, ``hf-hub:org/repo``, or ``local-dir:/path`` (a directory holding
 ``open_clip_config.json`` and ``open_clip_model.safetensors``). A plain directory path is
 treated as ``local-dir:``.
+
+``encode_pixels`` runs the model's own preprocessing (open_clip's transform list: resize, centre
+crop, normalise) on tensors; PIL-only steps (mode conversion, ToTensor) are skipped because the
+pixels already are an RGB float tensor in [0, 1].
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from torch import nn
 
 from .errors import EncoderError
 
-from .assets import directory_identity, file_digest, require_module
+from .assets import directory_identity, file_digest, hub_repo_id, require_module
 from .base import Encoder
 from .images import open_rgb
+from .pixels import check_pixels
 from .registry import register_encoder
 
 LOCAL = "local-dir:"
@@ -65,6 +70,41 @@ class OpenCLIPEncoder(Encoder):
         pixels = torch.stack([self.preprocess(open_rgb(p)) for p in items])  # (b, 3, h, w)
         return self.model.encode_image(pixels.to(self.device, self.torch_dtype), normalize=self.normalize)
 
+    def _pixel_steps(self) -> list:
+        """The tensor-capable steps of ``self.preprocess`` (built once); torchvision v1 or v2."""
+        if getattr(self, "_steps", None) is None:
+            from torchvision import transforms as v1
+
+            kinds = [v1]
+            try:
+                from torchvision.transforms import v2
+
+                kinds.append(v2)
+            except ImportError:
+                pass
+            resize = tuple(m.Resize for m in kinds)
+            tensor_ops = tuple(c for m in kinds for c in (m.CenterCrop, m.Normalize))
+            pil_only = tuple(getattr(m, n) for m in kinds for n in ("ToTensor", "PILToTensor", "ToImage", "ToDtype") if hasattr(m, n))
+            steps = []
+            for t in getattr(self.preprocess, "transforms", [self.preprocess]):
+                if isinstance(t, resize):
+                    steps.append(lambda x, t=t: t(x).clamp(0.0, 1.0))  # PIL output is 8-bit: no overshoot
+                elif isinstance(t, tensor_ops):
+                    steps.append(t)
+                elif isinstance(t, pil_only) or type(t).__name__ in ("MaybeConvertMode", "function"):
+                    continue  # PIL conversions: the pixels already are an RGB float tensor in [0, 1]
+                else:
+                    raise EncoderError(f"open-clip: no differentiable version of the preprocessing step {type(t).__name__}")
+            self._steps = steps
+        return self._steps
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, embed_dim), differentiable."""
+        x = check_pixels(pixels)
+        for step in self._pixel_steps():
+            x = step(x)
+        return self.model.encode_image(x.to(self.device, self.torch_dtype), normalize=self.normalize)
+
     def layer_stacks(self) -> dict[str, list[nn.Module]]:
         stacks = {}
         text = getattr(getattr(self.model, "transformer", None), "resblocks", None)
@@ -78,6 +118,11 @@ class OpenCLIPEncoder(Encoder):
     def config(self) -> dict:
         return {"model_name": self.model_name, "pretrained": self.pretrained, "normalize": self.normalize,
                 "batch_size": self.batch_size, "dtype": self.dtype_name}
+
+    @classmethod
+    def base_model_from_config(cls, config: dict) -> str | None:
+        name = config.get("model_name")
+        return hub_repo_id(name) if isinstance(name, str) and name.startswith("hf-hub:") else None
 
     def fingerprint_parts(self) -> dict:
         parts = super().fingerprint_parts()

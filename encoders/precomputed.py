@@ -18,11 +18,13 @@ class PrecomputedEncoder(Encoder):
     prompt_modality = "vector"
     item_modality = "vector"
     weights_source = "none: vectors come from the data"
+    uses_cache = False  # reading the vectors is cheaper than looking them up
 
-    def __init__(self, prompt_dim: int | None = None, item_dim: int | None = None, **kwargs):
-        super().__init__(batch_size=kwargs.pop("batch_size", 4096), **kwargs)
-        self.prompt_dim = prompt_dim
-        self.item_dim = item_dim
+    def __init__(self, prompt_dim: int | None = None, item_dim: int | None = None, batch_size: int = 4096,
+                 device: str | None = None, dtype: str = "float32"):
+        super().__init__(batch_size=batch_size, device=device, dtype=dtype)
+        self.prompt_dim = None if prompt_dim is None else int(prompt_dim)
+        self.item_dim = None if item_dim is None else int(item_dim)
 
     def config(self) -> dict:
         return {"prompt_dim": self.prompt_dim, "item_dim": self.item_dim}

@@ -5,7 +5,13 @@ well under a second each. Used by the test suite (and handy for smoke tests of p
   spot, **without a pad token** (like many causal LMs), as a transformers directory;
 * :func:`build_tiny_open_clip` - an open_clip ``local-dir:`` directory;
 * :func:`build_tiny_hf_clip` - a transformers ``CLIPModel`` + ``CLIPProcessor`` directory, the
-  CLIP tokenizer rebuilt from open_clip's bundled BPE vocabulary.
+  CLIP tokenizer rebuilt from open_clip's bundled BPE vocabulary;
+* :func:`build_tiny_bert` - a 2-layer BERT + WordPiece tokenizer directory;
+* :func:`build_tiny_sentence_transformer` - that BERT saved as a sentence-transformers model
+  with a chosen pooling (and optionally a Normalize module);
+* :func:`add_remote_code` - turn a tiny model directory into one that needs its own Python code
+  (``auto_map`` + ``configuration_*.py`` / ``modeling_*.py``) whose import writes a marker file:
+  for testing that nothing runs without ``trust_remote_code``.
 
 The weights are random: these test loading, batching and shapes, not quality.
 """
@@ -49,7 +55,7 @@ def build_tiny_causal_lm(directory: str | Path, hidden: int = 32, layers: int = 
     model = LlamaForCausalLM(config)
     from .assets import quiet_transformers
 
-    with quiet_transformers():
+    with quiet_transformers(progress=False):
         model.save_pretrained(directory)
         fast.save_pretrained(directory)
     return directory
@@ -114,7 +120,7 @@ def build_tiny_hf_clip(directory: str | Path, seed: int = 0) -> Path:
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32))
     from .assets import quiet_transformers
 
-    with quiet_transformers():
+    with quiet_transformers(progress=False):
         model.save_pretrained(directory)
         CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
     return directory
@@ -134,3 +140,64 @@ def sample_images(directory: str | Path, names: tuple[str, ...] = ("chelsea", "c
             Image.fromarray(getattr(data, name)()).convert("RGB").save(p, quality=92)
         paths.append(p)
     return paths
+
+
+def build_tiny_bert(directory: str | Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """A tiny BertModel and a WordPiece tokenizer over :data:`CORPUS` saved to ``directory``."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    words = sorted({w for line in CORPUS for w in line.split()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *sorted(set("abcdefghijklmnopqrstuvwxyz0123456789.,!?"))]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(str(directory / "vocab.txt"), model_max_length=128)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=128)
+    from .assets import quiet_transformers
+
+    with quiet_transformers(progress=False):
+        BertModel(config).save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+    return directory
+
+
+def build_tiny_sentence_transformer(directory: str | Path, pooling: str = "cls", normalize: bool = False, seed: int = 0) -> Path:
+    """A tiny BERT saved with ``SentenceTransformer.save``: Transformer + Pooling(``pooling``)
+    [+ Normalize] (needs the sentence-transformers package)."""
+    import tempfile
+
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules
+
+    directory = Path(directory)
+    with tempfile.TemporaryDirectory() as tmp:
+        bert = build_tiny_bert(Path(tmp) / "bert", seed=seed)
+        first = modules.Transformer(str(bert), max_seq_length=64)
+        stack = [first, modules.Pooling(first.get_embedding_dimension(), pooling_mode=pooling)]
+        if normalize:
+            stack.append(modules.Normalize())
+        SentenceTransformer(modules=stack, device="cpu").save(str(directory))
+    return directory
+
+
+def add_remote_code(directory: str | Path, marker: str | Path, model_type: str = "pal-mm-custom") -> Path:
+    """Make the (Llama or BERT) model in ``directory`` need its own code: ``config.json`` gets an
+    unknown ``model_type`` and an ``auto_map`` to ``configuration_custom.py`` /
+    ``modeling_custom.py``, which subclass the built-in classes and, when imported, write
+    ``marker``. Loading it with ``trust_remote_code=True`` works (and writes the marker)."""
+    directory = Path(directory)
+    cfg = json.loads((directory / "config.json").read_text())
+    base = cfg.get("model_type", "llama")
+    names = {"llama": ("LlamaConfig", "LlamaModel"), "bert": ("BertConfig", "BertModel")}[base]
+    payload = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('the model code ran')\n"
+    (directory / "configuration_custom.py").write_text(
+        payload + f"from transformers import {names[0]}\n\n\nclass CustomConfig({names[0]}):\n    model_type = {model_type!r}\n")
+    (directory / "modeling_custom.py").write_text(
+        payload + f"from transformers import {names[1]}\n\nfrom .configuration_custom import CustomConfig\n\n\n"
+        f"class CustomModel({names[1]}):\n    config_class = CustomConfig\n")
+    cfg.update(model_type=model_type, architectures=["CustomModel"],
+               auto_map={"AutoConfig": "configuration_custom.CustomConfig", "AutoModel": "modeling_custom.CustomModel"})
+    (directory / "config.json").write_text(json.dumps(cfg, indent=1))
+    return directory

@@ -51,7 +51,7 @@ def encode_values(encoder: Encoder, values: Sequence[Any], tower: str, cache=Non
             index[k] = len(unique)
             unique.append(v)
         rows.append(index[k])
-    if cache is not None and encoder.name != "precomputed":
+    if cache is not None and encoder.uses_cache:
         emb = cache.encode(encoder, tower, unique)
     else:
         emb = encoder.encode_prompts(unique) if tower == "prompt" else encoder.encode_items(unique)

@@ -9,21 +9,20 @@
   the dataset's extra columns as keyword arguments).
 * :func:`score_pixels` - a differentiable reward of images given as a (B, 3, H, W) tensor in
   [0, 1], for reward-guided diffusion fine-tuning (ReFL / AlignProp / DRaFT style). The image
-  encoder's preprocessing runs in torch (``interpolate`` resize, centre crop, normalisation), so
-  gradients reach the pixels. :func:`as_ddpo_reward_function` wraps it for TRL's DDPO
-  ``(images, prompts, prompt_metadata) -> (rewards, metadata)`` interface.
+  encoder's own ``encode_pixels`` runs its preprocessing in torch (resize, centre crop,
+  normalisation), so gradients reach the pixels. :func:`as_ddpo_reward_function` wraps it for
+  TRL's DDPO ``(images, prompts, prompt_metadata) -> (rewards, metadata)`` interface.
 
 No dependency on TRL: the signatures are TRL's, the code is not.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
+from encoders.pixels import resize_center_crop_tensor  # noqa: F401  (re-exported)
 
 from .convert import flatten_conversation, is_conversation, last_assistant_text
 from .errors import PalMMError
@@ -177,117 +176,12 @@ def as_reward_function(model_or_path, user: str | None = None, weights: Sequence
 # ------------------------------------------------------------------------------------------
 # Differentiable image scores
 # ------------------------------------------------------------------------------------------
-def resize_center_crop_tensor(x: torch.Tensor, size: int, crop_pct: float = 1.0, mode: str = "bicubic") -> torch.Tensor:
-    """The tensor twin of :func:`encoders.images.resize_center_crop`: shorter side to
-    ``round(size / crop_pct)`` (antialiased), clamp to [0, 1], centre crop ``size``."""
-    scale = int(round(size / crop_pct))
-    h, w = int(x.shape[-2]), int(x.shape[-1])
-    if w < h:
-        nw, nh = scale, max(scale, int(round(h * scale / w)))
-    else:
-        nw, nh = max(scale, int(round(w * scale / h))), scale
-    if (nh, nw) != (h, w):
-        x = F.interpolate(x, size=(nh, nw), mode=mode, align_corners=False, antialias=mode in ("bilinear", "bicubic"))
-        x = x.clamp(0.0, 1.0)  # PIL output is 8-bit: no overshoot
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return x[..., top : top + size, left : left + size]
-
-
-def _normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    m = torch.as_tensor(list(mean), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(list(std), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x - m) / s
-
-
-def _effnet_pixels(enc, pixels: torch.Tensor) -> torch.Tensor:
-    from encoders.images import IMAGENET_MEAN, IMAGENET_STD
-
-    x = _normalize(resize_center_crop_tensor(pixels, enc.image_size, enc.crop_pct), IMAGENET_MEAN, IMAGENET_STD)
-    return enc.image(x.to(enc.device, enc.torch_dtype))
-
-
-def _open_clip_pixels(enc, pixels: torch.Tensor) -> torch.Tensor:
-    x = pixels
-    for t in getattr(enc.preprocess, "transforms", [enc.preprocess]):
-        kind = type(t).__name__
-        if kind == "Resize":
-            x = t(x).clamp(0.0, 1.0)
-        elif kind in ("CenterCrop", "Normalize"):
-            x = t(x)
-        elif kind in ("ToTensor", "PILToTensor", "MaybeToTensor", "MaybeConvertMode", "ToImage", "ToDtype") or kind == "function":
-            continue  # PIL conversions: the pixels already are an RGB float tensor in [0, 1]
-        else:
-            raise PalMMError(f"open-clip: no differentiable version of the preprocessing step {kind}")
-    return enc.model.encode_image(x.to(enc.device, enc.torch_dtype), normalize=enc.normalize)
-
-
-def _field(obj, key):
-    if obj is None:
-        return None
-    if isinstance(obj, dict):
-        return obj.get(key)
-    return getattr(obj, key, None)
-
-
-def _hf_clip_pixels(enc, pixels: torch.Tensor) -> torch.Tensor:
-    import torchvision.transforms.functional as TF
-    from torchvision.transforms import InterpolationMode
-
-    from encoders.hf_clip import _features
-
-    ip = enc.processor.image_processor
-    modes = {0: InterpolationMode.NEAREST, 2: InterpolationMode.BILINEAR, 3: InterpolationMode.BICUBIC}
-    mode = modes.get(int(getattr(ip, "resample", 3) or 3), InterpolationMode.BICUBIC)
-    x = pixels
-    if getattr(ip, "do_resize", True):
-        size = ip.size
-        short, h, w = _field(size, "shortest_edge"), _field(size, "height"), _field(size, "width")
-        if short:
-            x = TF.resize(x, int(short), interpolation=mode, antialias=True)
-        elif h and w:
-            x = TF.resize(x, [int(h), int(w)], interpolation=mode, antialias=True)
-        x = x.clamp(0.0, 1.0)
-    if getattr(ip, "do_center_crop", False):
-        cs = ip.crop_size
-        x = TF.center_crop(x, [int(_field(cs, "height")), int(_field(cs, "width"))])
-    if getattr(ip, "do_rescale", True):  # the processor maps 0..255 with rescale_factor; pixels are x / 255
-        factor = 255.0 * float(getattr(ip, "rescale_factor", 1 / 255))
-        if not math.isclose(factor, 1.0, rel_tol=1e-9):
-            x = x * factor
-    else:
-        x = x * 255.0
-    if getattr(ip, "do_normalize", True):
-        x = _normalize(x, ip.image_mean, ip.image_std)
-    out = _features(enc.model.get_image_features(pixel_values=x.to(enc.device, enc.torch_dtype)))
-    return F.normalize(out, dim=-1) if enc.normalize else out
-
-
 def encode_pixels(encoder, pixels: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) float pixels in [0, 1] -> (B, item_dim) image embeddings, differentiable.
-
-    Uses the encoder's own ``encode_pixels`` when it has one; built-in adapters cover
-    ``effnet-minilm``, ``open-clip`` and ``hf-clip``.
-    """
+    """(B, 3, H, W) float pixels in [0, 1] -> (B, item_dim) float32 image embeddings,
+    differentiable: the encoder's own ``encode_pixels`` (see ``encoders.pixels``)."""
     if encoder.item_modality != "image":
         raise PalMMError(f"encoder {encoder.name!r} scores {encoder.item_modality} items, not images")
-    own = getattr(encoder, "encode_pixels", None)
-    if callable(own):
-        out = own(pixels)
-    else:
-        from encoders.effnet_minilm import EffNetMiniLMEncoder
-        from encoders.hf_clip import HFCLIPEncoder
-        from encoders.openclip import OpenCLIPEncoder
-
-        if isinstance(encoder, EffNetMiniLMEncoder):
-            out = _effnet_pixels(encoder, pixels)
-        elif isinstance(encoder, OpenCLIPEncoder):
-            out = _open_clip_pixels(encoder, pixels)
-        elif isinstance(encoder, HFCLIPEncoder):
-            out = _hf_clip_pixels(encoder, pixels)
-        else:
-            raise PalMMError(f"encoder {encoder.name!r} has no differentiable pixel path: give it an "
-                             "encode_pixels(pixels) method ((B, 3, H, W) in [0, 1] -> (B, item_dim))")
-    return out.float()
+    return encoder.encode_pixels(pixels).float()
 
 
 def _check_pixels(pixels: torch.Tensor) -> torch.Tensor:

