@@ -11,16 +11,28 @@ Built-in encoders (``pal-mm encoders`` lists them with their weights):
 * ``hf-clip``               - transformers CLIP-style models
 * ``effnet-minilm``         - EfficientNet-Lite0 images + MiniLM text, packaged weights only
 
-Heavy dependencies (transformers, timm, open_clip, sentence-transformers) are imported only when
-an encoder is built. Third-party encoders: see ``encoders/README.md``.
+``import encoders`` is cheap (no torch): the names below load on first use, the built-in encoders
+register themselves the first time the registry is queried, and heavy dependencies (transformers,
+timm, open_clip, sentence-transformers) are imported only when an encoder is built. Third-party encoders: see ``encoders/README.md``.
 """
 
-from .base import Encoder
-from .registry import (accepts_option, create_encoder, encoder_base_model, encoder_from_config, get_encoder_class,
-                       list_encoders, register_encoder)
-from . import precomputed  # noqa: F401  (registers "precomputed")
-from . import hf_text, minilm, smollm2, sbert  # noqa: F401,E402  (text encoders)
-from . import openclip, hf_clip, effnet_minilm  # noqa: F401,E402  (image-text encoders)
+from __future__ import annotations
 
-__all__ = ["Encoder", "accepts_option", "create_encoder", "encoder_base_model", "encoder_from_config",
-           "get_encoder_class", "list_encoders", "register_encoder"]
+import importlib
+
+_EXPORTS = {
+    "Encoder": "base",
+    "accepts_option": "registry", "create_encoder": "registry", "encoder_base_model": "registry",
+    "encoder_from_config": "registry", "get_encoder_class": "registry", "list_encoders": "registry",
+    "register_encoder": "registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'encoders' has no attribute {name!r}")

@@ -41,11 +41,20 @@ def register_encoder(name: str):
     return deco
 
 
+#: modules of the built-in encoders (each registers itself when imported)
+BUILTIN_MODULES = ("precomputed", "hf_text", "minilm", "smollm2", "sbert", "openclip", "hf_clip", "effnet_minilm")
+
+
 def _load_entry_points() -> None:
+    """Register the built-in encoders, then the plug-ins' entry points (once, on the first query)."""
     global _ENTRY_POINTS_LOADED
     if _ENTRY_POINTS_LOADED:
         return
     _ENTRY_POINTS_LOADED = True
+    import importlib
+
+    for module in BUILTIN_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in _REGISTRY:
             continue

@@ -12,7 +12,7 @@ import sys
 
 from encoders.errors import EncoderError
 
-from .commands._common import CommandParser, apply_yaml_config, normalize_json_flag, set_verbosity
+from .commands._common import CommandParser, apply_yaml_config, normalize_json_flag, verbosity
 from .version import __version__
 
 COMMANDS = ["train", "adapt", "eval", "score", "encoders", "heads", "embed", "export", "convert", "score-images", "generate"]
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "_run", None):
             parser.print_help()
             return 2
-        set_verbosity(args)
-        return int(args._run(args) or 0)
+        with verbosity(args):
+            return int(args._run(args) or 0)
     except EncoderError as e:  # PalMMError and the encoder layer's errors
         print(f"pal-mm: error: {e}", file=sys.stderr)
         return 2

@@ -255,8 +255,9 @@ def read_users(directory: Path, num_users: Any) -> tuple[list[str], dict[str, st
 def encoder_from_reference(ref: Any, where: Path, trust_remote_code: bool = False, device: str | None = None,
                            dtype: str | None = None):
     """Build the encoder a saved config names. The saved options are data: keys that could run code
-    are dropped (they come only from the caller's ``trust_remote_code``)."""
-    from encoders import create_encoder  # the registry imports every built-in encoder
+    are dropped (code execution comes only from the caller's ``trust_remote_code``); ``device`` /
+    ``dtype`` are the caller's overrides."""
+    from encoders import encoder_from_config
 
     if not isinstance(ref, dict) or not isinstance(ref.get("name"), str):
         raise PalMMError(f"{where}: corrupt encoder reference in {CONFIG_NAME}")
@@ -264,12 +265,8 @@ def encoder_from_reference(ref: Any, where: Path, trust_remote_code: bool = Fals
     if not isinstance(options, dict):
         raise PalMMError(f"{where}: corrupt encoder options in {CONFIG_NAME}")
     options = {k: v for k, v in options.items() if k not in UNSAFE_ENCODER_KEYS}
-    for key, value in (("device", device), ("dtype", dtype)):
-        if value is not None:
-            options[key] = value
-    if trust_remote_code:
-        return create_encoder(ref["name"], trust_remote_code=True, **options)
-    return create_encoder(ref["name"], **options)
+    overrides = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+    return encoder_from_config(ref["name"], options, trust_remote_code=bool(trust_remote_code), **overrides)
 
 
 # ------------------------------------------------------------------------------------------

@@ -8,28 +8,7 @@ import json
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-ENCODER_BASE_MODELS = {
-    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
-    "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
-}
-
-
-def _is_repo_id(text: str) -> bool:
-    """A Hub repo id (``org/name``), not a local path: only those are valid ``base_model`` values."""
-    import re
-
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text)) and not text.startswith(("/", ".", "~"))
-
-
-def base_model_for(encoder_name: str, encoder_config: dict) -> str | None:
-    """The encoder's Hub id when it is known (local directories are not Hub ids)."""
-    for key in ("model_name_or_path", "model_name", "model_id"):
-        value = encoder_config.get(key)
-        if isinstance(value, str):
-            value = value[len("hf-hub:"):] if value.startswith("hf-hub:") else value
-            return value if _is_repo_id(value) else None
-    return ENCODER_BASE_MODELS.get(encoder_name)
-
+from encoders import encoder_base_model
 
 def public_data_info(data: dict) -> dict:
     """Training-data facts without local file paths (keys ending in _file, _path or _dir)."""
@@ -65,7 +44,7 @@ def pal_model_card(model, **kwargs) -> ModelCard:
     pal = {"model_type": c.model_type, "k": c.k, "num_users": len(model.users), "encoder": model.encoder.name}
     if metrics:
         pal["metrics"] = metrics
-    card_data = _card_data(["reward-model", "personalized-alignment", "pal", c.model_type], base_model_for(model.encoder.name, model.encoder.config()), pal, metrics,
+    card_data = _card_data(["reward-model", "personalized-alignment", "pal", c.model_type], model.encoder.base_model, pal, metrics,
                            f"pal-mm {c.model_type} K={c.k}", kwargs)
     lines = [
         f"# PAL reward model ({c.model_type}, K = {c.k})",
@@ -121,7 +100,7 @@ def personal_model_card(cfg: dict, c, **kwargs) -> ModelCard:
     if metrics:
         pal["metrics"] = metrics
     who = describe_mixture(mixture)
-    card_data = _card_data(tags, base_model_for(enc["name"], enc.get("config") or {}), pal, metrics,
+    card_data = _card_data(tags, encoder_base_model(enc["name"], enc.get("config") or {}), pal, metrics,
                            f"pal-mm reward model for {who}", kwargs)
     item = "image" if image else "response"
     lines = [

@@ -74,7 +74,7 @@ def add_fields(p, cls, only: Iterable[str] | None = None, skip: Iterable[str] = 
         default = (defaults or {}).get(f.name, f.default)
         flag = (flags or {}).get(f.name, "--" + f.name.replace("_", "-"))
         kind = _kind(f)
-        kw: dict[str, Any] = {"dest": f.name, "default": default,
+        kw: dict[str, Any] = {"dest": _dest(flag), "default": default,
                               "help": f"{f.metadata.get('help', '')} (default: {default})"}
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction if default else "store_true"
@@ -87,10 +87,18 @@ def add_fields(p, cls, only: Iterable[str] | None = None, skip: Iterable[str] = 
         p.add_argument(flag, **kw)
 
 
-def config_from_args(cls, args: argparse.Namespace, **values):
-    """The dataclass built from the parsed flags (``values`` override); its checks run here, so a bad
-    value fails before any work starts."""
-    kw = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def config_from_args(cls, args: argparse.Namespace, flags: dict | None = None, **values):
+    """The dataclass built from the parsed flags (``flags``: the renames given to :func:`add_fields`;
+    ``values`` override); its checks run here, so a bad value fails before any work starts."""
+    kw = {}
+    for f in fields(cls):
+        dest = _dest((flags or {}).get(f.name, f.name))
+        if hasattr(args, dest):
+            kw[f.name] = getattr(args, dest)
     return cls(**{**kw, **values})
 
 
@@ -182,12 +190,11 @@ def runtime_options(args: argparse.Namespace) -> dict:
 
 
 def make_encoder(args: argparse.Namespace):
-    from encoders import create_encoder
+    """The encoder named by --encoder / --encoder-arg; code execution only with --trust-remote-code."""
+    from encoders import encoder_from_config
 
-    kwargs = {**encoder_kwargs(args.encoder_arg), **runtime_options(args)}
-    if getattr(args, "trust_remote_code", False):
-        kwargs["trust_remote_code"] = True
-    return create_encoder(args.encoder, **kwargs)
+    return encoder_from_config(args.encoder, encoder_kwargs(args.encoder_arg),
+                               trust_remote_code=bool(getattr(args, "trust_remote_code", False)), **runtime_options(args))
 
 
 def make_cache(args: argparse.Namespace):
@@ -299,15 +306,31 @@ def write_run_config(directory: Path, args: argparse.Namespace) -> None:
     (directory / "run_config.yaml").write_text(yaml.safe_dump(resolved_config(args), sort_keys=True))
 
 
-def set_verbosity(args: argparse.Namespace) -> None:
-    """``--quiet``: no progress bars (tqdm honours TQDM_DISABLE); ``-v``: log level info / debug."""
+@contextlib.contextmanager
+def verbosity(args: argparse.Namespace) -> Iterator[None]:
+    """For one command: ``--quiet`` switches progress bars off (tqdm's TQDM_DISABLE and the
+    encoders' bars); ``-v`` sets the log level to info, ``-vv`` to debug. Restored afterwards."""
     import logging
 
+    from encoders.progress import progress_setting, set_progress
+
+    level = {0: logging.WARNING, 1: logging.INFO}.get(getattr(args, "verbose", 0), logging.DEBUG)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logger = logging.getLogger("pal_mm")
+    saved = (os.environ.get("TQDM_DISABLE"), progress_setting(), logger.level)
+    logger.setLevel(level)
     if getattr(args, "quiet", False):
         os.environ["TQDM_DISABLE"] = "1"
-    level = {0: logging.WARNING, 1: logging.INFO}.get(getattr(args, "verbose", 0), logging.DEBUG)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("pal_mm").setLevel(level)
+        set_progress(False)
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = saved[0]
+        set_progress(saved[1])
+        logger.setLevel(saved[2])
 
 
 def say(args: argparse.Namespace, message: str) -> None:

@@ -34,7 +34,7 @@ def parse_vector(text: str, flag: str) -> list[float]:
     try:
         return parse_floats(text, flag)
     except PalMMError:
-        raise PalMMError(f"{flag}: the precomputed encoder takes comma-separated finite floats, got {text[:40]!r}") from None
+        raise PalMMError(f"{flag}: the precomputed encoder takes comma-separated floats (finite), got {text[:40]!r}") from None
 
 
 def parse_weights(text) -> list[float] | None:

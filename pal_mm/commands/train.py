@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..config import PALConfig, TrainConfig
 from . import _common as c
 
+HEAD_FLAGS = {"model_type": "--model"}  # the README's `--model pal-a | pal-b | single-rm`
 EXAMPLES = """\
   pal-mm train --data train.jsonl --val val.jsonl --encoder minilm --model pal-b --k 2 --out runs/m
   pal-mm train --data train.jsonl --val val.jsonl --restarts 3 --seed 0 --out runs/m --overwrite
@@ -23,7 +24,7 @@ def add_parser(sub):
     c.add_encoder_flags(p)
     c.add_runtime_flags(p)
     m = p.add_argument_group("model")
-    c.add_fields(m, PALConfig, only=("model_type", "k", "dim", "projector", "prototype_projector"), flags={"model_type": "--model"})
+    c.add_fields(m, PALConfig, only=("model_type", "k", "dim", "projector", "prototype_projector"), flags=HEAD_FLAGS)
     m.add_argument("--no-normalize", action="store_true", help="do not standardise input embeddings (default: standardise)")
     o = p.add_argument_group("optimisation")
     c.add_fields(o, TrainConfig, skip=("finetune_encoder", "train_layers", "token_level", "token_weighting", "lr_encoder",
@@ -36,7 +37,7 @@ def add_parser(sub):
 
 def run(args) -> int:
     c.require(args, "data", "out")
-    config = c.config_from_args(PALConfig, args, normalize_inputs=not args.no_normalize)
+    config = c.config_from_args(PALConfig, args, HEAD_FLAGS, normalize_inputs=not args.no_normalize)
     tc = c.config_from_args(TrainConfig, args, progress=not args.quiet)
     target = c.check_output(args.out, args.overwrite, resume=args.resume)
     from ..training import fit
