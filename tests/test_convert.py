@@ -13,7 +13,8 @@ from PIL import Image
 
 from pal_mm import PalMMError, PreferenceData
 from pal_mm.cli import main
-from pal_mm.convert import convert_pal_reference, flatten_conversation, last_assistant_text
+from pal_mm.conversation import flatten_conversation, last_assistant_text
+from pal_mm.convert import convert_pal_reference
 
 
 def read_jsonl(path: Path) -> list[dict]:
