@@ -305,7 +305,9 @@ def _arrow_rows(batches: Iterable, label: str, first_row: int = 1) -> Iterator[d
         except Exception as e:  # Arrow, parquet, OS and decoding errors of an untrusted file
             raise DataError(f"{label}: row {r}: unreadable ({first_line(e)})") from None
         try:
-            batch.validate(full=True)  # offsets, lengths, UTF-8: a damaged file must not crash to_pylist
+            # offsets, lengths, UTF-8: without this a damaged (memory-mapped) file can crash the
+            # process in to_pylist (SIGBUS / SIGSEGV) instead of raising
+            batch.validate(full=True)
             rows = batch.to_pylist()
         except Exception as e:
             raise DataError(f"{label}: rows {r}-{r + batch.num_rows - 1}: unreadable ({first_line(e)})") from None
@@ -329,9 +331,7 @@ def _iter_saved_dataset(path: Path, split: str, columns: list[str] | None) -> It
     try:
         from datasets import load_from_disk
 
-        # read into memory, not memory-mapped: a damaged file then fails on reading instead of
-        # crashing the process (SIGBUS) when a bad offset points past its end
-        ds = load_from_disk(str(path), keep_in_memory=True)
+        ds = load_from_disk(str(path))  # memory-mapped; _arrow_rows validates each batch before use
         if hasattr(ds, "keys"):  # a DatasetDict
             names = list(ds.keys())
             if not names:
