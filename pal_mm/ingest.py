@@ -1,5 +1,5 @@
-"""The one ingestion path: rows from files, saved datasets and the Hub, the image store, and the
-rules that every reader and data builder shares.
+"""The one ingestion path: rows from files, saved datasets and the Hub, and the rules that every
+reader and data builder shares (local path or Hub name, strict parsing, the Pick-a-Pic tie rule).
 
 **Sources** (:func:`iter_rows`, :func:`read_rows`):
 
@@ -87,20 +87,20 @@ def is_hub_name(text: str) -> bool:
     """Is ``text`` a syntactically valid Hub dataset id (``name`` or ``owner/name``, optionally
     followed by ``:split``)? Says nothing about whether it exists."""
     name, _, split = str(text).partition(":")
-    return bool(_HUB_ID.fullmatch(name)) and ".." not in name and (split == "" or split.isprintable() and " " not in split) \
-        and not name.lower().endswith(DATA_SUFFIXES)
+    split_ok = split == "" or (split.isprintable() and " " not in split)
+    return bool(_HUB_ID.fullmatch(name)) and ".." not in name and split_ok and not name.lower().endswith(DATA_SUFFIXES)
 
 
 def source_kind(source: str | os.PathLike) -> str:
     """``"file"``, ``"dir"`` or ``"hub"`` (the rule in the module docstring); a local-looking
     path that does not exist, or a string that is neither, raises :class:`DataError`."""
-    path = Path(source).expanduser()
     try:
+        path = Path(source).expanduser()
         if path.is_file():
             return "file"
         if path.is_dir():
             return "dir"
-    except (OSError, ValueError) as e:  # a name too long, a NUL byte
+    except (OSError, ValueError, RuntimeError) as e:  # a name too long, a NUL byte, an unknown ~user
         raise DataError(f"{shown(str(source))}: cannot access ({first_line(e)})") from None
     text = str(source)
     looks_local = (text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1
