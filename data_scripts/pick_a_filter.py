@@ -22,7 +22,10 @@ Output: a data set with one **variant** per beta (:mod:`pal_mm.splits`)::
     OUT/beta_0.5/                a dataset directory (rows refer to ../images/); meta.json has "beta": 0.5
 
 Users, pairs and splits are those of :mod:`data_scripts.pickapic` (the same for every beta). The
-offline default :mod:`data_scripts.t2i_default` writes the same layout with the same functions.
+offline default :mod:`data_scripts.t2i_default` writes the same layout with the same functions,
+and the root ``meta.json`` of both has the same keys: ``name``, ``kind``, ``variants``, ``users``
+(``seen``, ``unseen``, ``cool``, ``warm``), ``unique_images``, ``filtered_images`` and ``betas``
+(per beta: ``pairs`` per split, ``modified_pairs``, ``filtered_images``).
 
     python -m data_scripts.pick_a_filter --out data/pick_a_filter --beta 0 0.25 0.5 0.75 1 \
         --source yuvalkirstain/pickapic_v2 --max-rows 200000
@@ -197,10 +200,9 @@ def build(out: str | Path, betas=BETAS, source: str = pickapic.DEFAULT_SOURCE, s
         if not encoder:
             c.store.prune(used)
             c.store.save_manifest()
-        meta = {"name": "pick_a_filter", "kind": "real",
-                **pickapic.source_meta(c, source, split, max_rows, min_pairs, seed, encoder),
-                "users_cool": sum(g == "cool" for g in groups.values()), "users_warm": sum(g == "warm" for g in groups.values()),
+        meta = {"name": "pick_a_filter", "kind": "real", **pickapic.source_meta(c, source, split, max_rows, min_pairs, seed, encoder),
                 "unique_images": len(used), "filtered_images": len(jobs)}
+        meta["users"].update(cool=sum(g == "cool" for g in groups.values()), warm=sum(g == "warm" for g in groups.values()))
         meta = write_variants(tmp, variants, c.seen, seed, meta, pickapic.make_encoder(encoder) if encoder else None)
         if encoder:
             shutil.rmtree(tmp / "images")

@@ -217,7 +217,7 @@ def source_meta(c: Collected, source: str, split: str, max_rows: int | None, min
         "source": str(source), "split": split, "max_rows": max_rows,
         "rows_read": c.counts.get("rows_read", 0), "ties_dropped": c.counts.get("ties_dropped", 0),
         "pairs_without_ties": c.counts.get("pairs", 0), "min_pairs": min_pairs, "seed": seed,
-        "users_seen": len(c.seen), "users_unseen": len(c.unseen), "encoder": encoder,
+        "users": {"seen": len(c.seen), "unseen": len(c.unseen)}, "encoder": encoder,
     }
 
 

@@ -100,7 +100,7 @@ def test_pickapic_counts_ties_and_users(pickapic_out):
     out, meta = pickapic_out
     assert meta["rows_read"] == 1 + sum(USER_PAIRS.values())
     assert meta["ties_dropped"] == 1
-    assert meta["users_seen"] == 2 and meta["users_unseen"] == 2
+    assert meta["users"] == {"seen": 2, "unseen": 2}
     assert meta["kind"] == "real" and is_dataset_dir(out)
     splits = _read(out)
     assert meta["splits"] == {s: len(splits[s]) for s in SPLITS}
@@ -292,6 +292,7 @@ def test_builders_output_loads_variant_by_variant(tmp_path, parquet_source, pick
     out = _build_filter(tmp_path, parquet_source, 0.0, 0.5, 1.0)
     root = read_meta(out)
     assert root["kind"] == "real" and root["variants"] == ["beta_0.0", "beta_0.5", "beta_1.0"]
+    assert root["users"] == {"seen": 2, "unseen": 2, "cool": 2, "warm": 2}  # the keys of the t2i default's meta
     assert sorted(p.name for p in out.iterdir()) == ["beta_0.0", "beta_0.5", "beta_1.0", "images", "meta.json"]
     variants = dataset_variants(out)
     assert list(variants) == root["variants"]
