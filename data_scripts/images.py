@@ -4,27 +4,21 @@
   (toward red), plus :func:`blue_red_balance` to measure their effect;
 * the degradations used to make candidate "generations" from a photo: :func:`crop_zoom`,
   :func:`gaussian_blur`, :func:`add_noise`, :func:`jpeg_degrade`, :func:`square_resize`;
-* PNG encoding (:func:`png_bytes`, :func:`save_png_atomic`) and :class:`ImageStore`, a
-  folder of images with a ``manifest.json`` of SHA-256 hashes so that a rebuild can reuse files
-  that are already there and intact.
+* PNG encoding (:func:`png_bytes`), deterministic for the same pixels. Images are stored with
+  :class:`pal_mm.image_store.ImageStore`.
 
 All functions take and return ``PIL.Image.Image`` objects in RGB mode (8 bits per channel).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import os
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-from encoders.atomic import write_bytes, write_json
-from pal_mm.convert import image_suffix
 
 # --------------------------------------------------------------------------------------------
 # colour filters (Pick-a-Filter)
@@ -155,98 +149,3 @@ def png_bytes(img: Image.Image, compress_level: int = 1) -> bytes:
     buf = io.BytesIO()
     to_rgb(img).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def save_png_atomic(img: Image.Image, path: str | os.PathLike) -> str:
-    """Save ``img`` as PNG at ``path`` atomically; returns the file's SHA-256."""
-    data = png_bytes(img)
-    write_bytes(path, data)
-    return sha256_bytes(data)
-
-
-class ImageStore:
-    """A folder of images plus ``manifest.json`` (file name -> SHA-256).
-
-    :meth:`ensure` creates an image only when the file is missing or does not match the hash
-    recorded when it was written, so a rebuild with the same recipe names costs a hash check per
-    file. :meth:`put_bytes` stores encoded bytes under a content-hash name (deduplicated).
-    Call :meth:`save_manifest` at the end of a build."""
-
-    MANIFEST = "manifest.json"
-
-    def __init__(self, directory: str | os.PathLike):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        mpath = self.directory / self.MANIFEST
-        self.manifest: dict[str, str] = json.loads(mpath.read_text()) if mpath.exists() else {}
-        self._verified: set[str] = set()
-        self.created = 0
-        self.reused = 0
-
-    def _is_intact(self, name: str) -> bool:
-        if name in self._verified:
-            return True
-        path = self.directory / name
-        ok = name in self.manifest and path.is_file() and sha256_file(path) == self.manifest[name]
-        if ok:
-            self._verified.add(name)
-        return ok
-
-    def ensure(self, name: str, make: Callable[[], Image.Image]) -> str:
-        """Make sure ``name`` exists and is intact, calling ``make()`` only if it is not."""
-        if self._is_intact(name):
-            self.reused += 1
-            return name
-        self.manifest[name] = save_png_atomic(make(), self.directory / name)
-        self._verified.add(name)
-        self.created += 1
-        return name
-
-    def put_bytes(self, data: bytes) -> str:
-        """Store encoded image bytes under ``<sha256[:24]><ext>``; PIL-readable bytes of an
-        unknown format are re-encoded as PNG. Returns the file name."""
-        ext = image_suffix(data)
-        if ext is None:
-            with Image.open(io.BytesIO(data)) as im:
-                data = png_bytes(im)
-            ext = ".png"
-        digest = sha256_bytes(data)
-        name = digest[:24] + ext
-        if name in self._verified or (self.manifest.get(name) == digest and (self.directory / name).is_file()):
-            self._verified.add(name)
-            self.reused += 1
-            return name
-        write_bytes(self.directory / name, data)
-        self.manifest[name] = digest
-        self._verified.add(name)
-        self.created += 1
-        return name
-
-    def open(self, name: str) -> Image.Image:
-        """Load a stored image as RGB."""
-        return open_rgb(self.directory / name)
-
-    def prune(self, keep: set[str]) -> int:
-        """Delete the images in the manifest that are not in ``keep``; returns how many."""
-        removed = 0
-        for name in sorted(set(self.manifest) - set(keep)):
-            (self.directory / name).unlink(missing_ok=True)
-            del self.manifest[name]
-            self._verified.discard(name)
-            removed += 1
-        return removed
-
-    def save_manifest(self) -> None:
-        write_json(self.directory / self.MANIFEST, dict(sorted(self.manifest.items())), indent=0)

@@ -1,25 +1,29 @@
 """Build pal-mm data from Pick-a-Pic (real text-to-image preferences; needs the data).
 
 Input rows follow the ``yuvalkirstain/pickapic_v2`` schema: ``caption``, ``jpg_0``, ``jpg_1``
-(encoded image bytes), ``label_0``, ``label_1`` in {0, 0.5, 1} and ``user_id``. The source is a
-Hub dataset name (streamed), a local ``.parquet`` / ``.jsonl`` file (in JSON lines, image
-fields are paths relative to the file) or a ``save_to_disk`` directory.
+(encoded image bytes, ``datasets`` image dicts or, in JSON lines, paths relative to the file),
+``label_0``, ``label_1`` and ``user_id``. The source is anything :mod:`pal_mm.ingest` reads: a Hub
+dataset name (streamed), a ``.parquet`` / ``.jsonl`` / ``.json`` / ``.csv`` file or a
+``save_to_disk`` directory.
 
 Steps:
 
-1. read rows (``--max-rows``); ties (``label_0 == label_1``, i.e. 0.5/0.5) are counted in
-   ``meta.json`` and dropped; ``chosen`` is the image whose label is higher;
-2. images are written to ``OUT/images/`` under content-hash names (deduplicated);
-3. users with at least ``--min-pairs`` pairs, ordered by pair count: the first ``--num-seen``
-   are *seen*, the next ``--num-unseen`` *unseen* (disjoint);
-4. (optional hook, used by :mod:`data_scripts.pick_a_filter`) modify the rows;
-5. seen users' pairs are split train/val/test per user (seeded), unseen users' go to
-   ``unseen.jsonl``;
+1. **pass 1** reads only ``user_id``, ``label_0`` and ``label_1`` of the first ``--max-rows`` rows:
+   labels and ids are checked, ties (:func:`pal_mm.ingest.pickapic_winner`: equal labels) are
+   counted and dropped;
+2. users with at least ``--min-pairs`` pairs, ordered by pair count (ties by id): the first
+   ``--num-seen`` are *seen*, the next ``--num-unseen`` *unseen* (disjoint);
+3. **pass 2** reads the same rows in full and stores only the selected users' images, under
+   content-hash names (:class:`pal_mm.image_store.ImageStore`), so no image of another user is
+   ever written; ``chosen`` is the image with the higher label;
+4. (:mod:`data_scripts.pick_a_filter`) optionally, variants with colour filters;
+5. seen users' pairs are split train/val/test per user (seeded), unseen users' go to ``unseen``;
 6. with ``--encoder NAME`` the prompts and images are replaced by embeddings from that registered
-   encoder (images then only live in a temporary folder).
+   encoder (the images then only live in the temporary build folder).
 
-Output: ``OUT/{seen_train,seen_val,seen_test,unseen}.jsonl`` (canonical pal-mm rows),
-``OUT/images/`` and ``OUT/meta.json``.
+Output: a dataset directory (:mod:`pal_mm.splits`): ``OUT/{seen_train,seen_val,seen_test,unseen}.jsonl``,
+``OUT/images/`` and ``OUT/meta.json`` (``"kind": "real"``). It is built in a temporary folder
+renamed into place at the end, so a failed build leaves nothing (and replaces nothing).
 
     python -m data_scripts.pickapic --out data/pickapic --source yuvalkirstain/pickapic_v2 \
         --split train --max-rows 200000
@@ -28,126 +32,118 @@ Output: ``OUT/{seen_train,seen_val,seen_test,unseen}.jsonl`` (canonical pal-mm r
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import random
 import shutil
-import tempfile
+import sys
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
-from encoders.atomic import write_json, write_jsonl
+from encoders.atomic import output_dir
+from pal_mm.convert import PICKAPIC_COLUMNS, pickapic_pair
+from pal_mm.data import IdColumn, RowValidator
+from pal_mm.errors import DataError
+from pal_mm.image_store import ImageStore
+from pal_mm.ingest import iter_rows, pickapic_winner, take
+from pal_mm.splits import write_dataset
 
-from .images import ImageStore, png_bytes
+from .cli import run_builder
 
 DEFAULT_SOURCE = "yuvalkirstain/pickapic_v2"
 SPLIT_NAMES = ("seen_train", "seen_val", "seen_test")
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
-
-#: a hook run on the kept rows before splitting: (rows, base_dir, store) -> (rows, extra meta)
-Transform = Callable[[list[dict], Path, ImageStore], tuple[list[dict], dict]]
+IMAGE_PREFIX = "images/"
 
 
 # --------------------------------------------------------------------------------------------
-# reading the source
+# reading the source: labels first, images of the selected users only
 # --------------------------------------------------------------------------------------------
 
 
-def iter_source_rows(source: str, split: str = "train", max_rows: int | None = None) -> Iterator[dict]:
-    """Yield raw Pick-a-Pic rows from a Hub name (streaming), a ``.parquet`` / ``.jsonl`` file or
-    a ``save_to_disk`` directory. For ``.jsonl``, string image fields are resolved against the
-    file's folder (see :func:`image_bytes`) and the key ``_base_dir`` is added to each row."""
-    path = Path(source)
-    if path.is_dir():
-        from datasets import load_from_disk
+@dataclass
+class Scan:
+    """Pass 1: the user of every non-tie row (None for a tie) and the counts."""
 
-        ds = load_from_disk(str(path))
-        if hasattr(ds, "keys"):
-            ds = ds[split]
-        rows: Iterable[dict] = iter(ds)
-    elif path.is_file() and path.suffix.lower() in (".jsonl", ".json"):
-        rows = _iter_jsonl(path)
-    elif path.is_file() and path.suffix.lower() == ".parquet":
-        from datasets import load_dataset
-
-        rows = iter(load_dataset("parquet", data_files=str(path), split="train", streaming=True))
-    else:
-        from datasets import load_dataset
-
-        rows = iter(load_dataset(source, split=split, streaming=True))
-    for i, row in enumerate(rows):
-        if max_rows is not None and i >= max_rows:
-            break
-        yield row
+    users: list[str | None] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+    label: str = ""
 
 
-def _iter_jsonl(path: Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                row["_base_dir"] = str(path.parent)
-                yield row
+def scan_labels(source: str, split: str = "train", max_rows: int | None = None) -> Scan:
+    """Read ``user_id``, ``label_0``, ``label_1`` of the first ``max_rows`` rows (cheap: the
+    image columns are not read from parquet, saved datasets or the Hub's parquet files)."""
+    rows, _, label = iter_rows(source, split, columns=("user_id", "label_0", "label_1"))
+    scan, ids = Scan(label=label), IdColumn("user_id")
+    for r, row in enumerate(take(rows, max_rows), 1):
+        where = f"{label}: row {r}"
+        missing = [c for c in ("user_id", "label_0", "label_1") if c not in row]
+        if missing:
+            raise DataError(f"{where}: missing column(s) {', '.join(missing)} (need {', '.join(PICKAPIC_COLUMNS)})")
+        user = ids(row["user_id"], where)
+        scan.counts["rows_read"] += 1
+        if pickapic_winner(row["label_0"], row["label_1"], where) is None:
+            scan.counts["ties_dropped"] += 1
+            scan.users.append(None)
+        else:
+            scan.users.append(user)
+    scan.counts["pairs"] = scan.counts["rows_read"] - scan.counts["ties_dropped"]
+    return scan
 
 
-def image_bytes(value: Any, base_dir: str | None = None) -> bytes:
-    """Encoded image bytes from the forms an image column takes: raw ``bytes``, a ``datasets``
-    Image dict (``{"bytes": ..., "path": ...}``), a PIL image, a ``"base64:..."`` string or a
-    file path (relative to ``base_dir``)."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return bytes(value["bytes"])
-        return image_bytes(value["path"], base_dir)
-    if isinstance(value, str):
-        if value.startswith("base64:"):
-            return base64.b64decode(value[len("base64:"):])
-        path = Path(value)
-        if base_dir is not None and not path.is_absolute():
-            path = Path(base_dir) / path
-        return path.read_bytes()
-    if hasattr(value, "save"):  # PIL image
-        return png_bytes(value)
-    raise TypeError(f"cannot read an image from a {type(value).__name__}")
+def select_users(user_pairs: Counter, num_seen: int, num_unseen: int, min_pairs: int) -> tuple[list[str], list[str]]:
+    """Users with ``>= min_pairs`` pairs, most pairs first (ties by id): the first ``num_seen``
+    are seen, the next ``num_unseen`` unseen."""
+    ranked = sorted((u for u, c in user_pairs.items() if c >= min_pairs), key=lambda u: (-user_pairs[u], u))
+    return ranked[:num_seen], ranked[num_seen : num_seen + num_unseen]
 
 
-def read_pairs(raw_rows: Iterable[dict], store: ImageStore, prefix: str = "images/") -> tuple[list[dict], dict]:
-    """Raw Pick-a-Pic rows -> canonical rows (winner = ``chosen``) with images written to
-    ``store``; ties are dropped. Returns (rows, counts)."""
-    rows, counts = [], Counter()
-    for raw in raw_rows:
-        counts["rows_read"] += 1
-        l0, l1 = float(raw["label_0"]), float(raw["label_1"])
-        if l0 == l1:
-            counts["ties_dropped"] += 1
-            continue
-        base_dir = raw.get("_base_dir")
-        win, lose = ("jpg_0", "jpg_1") if l0 > l1 else ("jpg_1", "jpg_0")
-        rows.append(
-            {
-                "user_id": str(raw["user_id"]),
-                "prompt": str(raw["caption"]),
-                "chosen": prefix + store.put_bytes(image_bytes(raw[win], base_dir)),
-                "rejected": prefix + store.put_bytes(image_bytes(raw[lose], base_dir)),
-            }
-        )
-    counts["pairs"] = len(rows)
-    return rows, dict(counts)
+def read_pairs(source: str, split: str, keep: list[bool], store: ImageStore) -> list[dict]:
+    """Pass 2 over the first ``len(keep)`` rows: canonical rows (``chosen`` = higher label) for
+    the rows flagged in ``keep``, their images stored in ``store`` and referenced as
+    ``images/NAME``. The other rows' images are never decoded or stored."""
+    rows, base_dir, label = iter_rows(source, split)
+    validator = RowValidator(label, None, names={"prompt": "caption"})
+    out = []
+    for r, row in enumerate(take(rows, len(keep)), 1):
+        if keep[r - 1]:
+            pair = pickapic_pair(row, f"{label}: row {r}", store, base_dir, validator, IMAGE_PREFIX)
+            if pair is None:
+                raise DataError(f"{label}: row {r}: a tie on the second read (the source changed while it was read)")
+            out.append(pair)
+    return out
+
+
+@dataclass
+class Collected:
+    """The selected users' pairs (image paths relative to the build folder) and what was counted."""
+
+    rows: list[dict]
+    seen: list[str]
+    unseen: list[str]
+    counts: dict
+    store: ImageStore
+
+
+def collect(root: Path, source: str, split: str, max_rows: int | None, num_seen: int, num_unseen: int,
+            min_pairs: int) -> Collected:
+    """Passes 1 and 2 into ``root`` (images in ``root/images``)."""
+    scan = scan_labels(source, split, max_rows)
+    seen, unseen = select_users(Counter(u for u in scan.users if u is not None), num_seen, num_unseen, min_pairs)
+    chosen_users = set(seen) | set(unseen)
+    if not chosen_users:
+        raise DataError(f"{scan.label}: no user has {min_pairs} or more pairs (--min-pairs) in the "
+                        f"{scan.counts['rows_read']} rows read")
+    keep = [u in chosen_users for u in scan.users]
+    store = ImageStore(root / "images")
+    rows = read_pairs(source, split, keep, store)
+    return Collected(rows, seen, unseen, dict(scan.counts), store)
 
 
 # --------------------------------------------------------------------------------------------
 # users and splits
 # --------------------------------------------------------------------------------------------
-
-
-def select_users(rows: list[dict], num_seen: int, num_unseen: int, min_pairs: int) -> tuple[list[str], list[str]]:
-    """Users with ``>= min_pairs`` pairs, most pairs first (ties by id): the first ``num_seen``
-    are seen, the next ``num_unseen`` unseen."""
-    counts = Counter(r["user_id"] for r in rows)
-    ranked = sorted((u for u, c in counts.items() if c >= min_pairs), key=lambda u: (-counts[u], u))
-    return ranked[:num_seen], ranked[num_seen : num_seen + num_unseen]
 
 
 def split_fractions(n: int, fractions: tuple[float, ...]) -> list[int]:
@@ -175,8 +171,16 @@ def split_seen(rows: list[dict], seed: int, fractions: tuple[float, ...] = DEFAU
     return {name: [r for r, a in zip(rows, assign) if a == part] for part, name in enumerate(SPLIT_NAMES)}
 
 
+def make_splits(rows: list[dict], seen: list[str], seed: int) -> dict[str, list[dict]]:
+    """The four splits: seen users' rows split per user, the other users' rows in ``unseen``."""
+    seen_set = set(seen)
+    splits = split_seen([r for r in rows if r["user_id"] in seen_set], seed)
+    splits["unseen"] = [r for r in rows if r["user_id"] not in seen_set]
+    return splits
+
+
 # --------------------------------------------------------------------------------------------
-# embeddings and writing
+# embeddings
 # --------------------------------------------------------------------------------------------
 
 
@@ -184,84 +188,56 @@ def _floats(vec) -> list[float]:
     return [round(float(v), 6) for v in vec]
 
 
-def embed_rows(splits: dict[str, list[dict]], base_dir: Path, encoder) -> dict[str, list[dict]]:
-    """Replace prompts and image paths by the encoder's embeddings (each unique prompt and image
-    is encoded once)."""
-    all_rows = [r for rows in splits.values() for r in rows]
+def embed_rows(groups: dict[Any, list[dict]], base_dir: Path, encoder) -> dict[Any, list[dict]]:
+    """Replace prompts and image paths (relative to ``base_dir``) by the encoder's embeddings,
+    in every list of ``groups`` (each unique prompt and image is encoded once)."""
+    all_rows = [r for rows in groups.values() for r in rows]
     prompts = sorted({r["prompt"] for r in all_rows})
     images = sorted({r[k] for r in all_rows for k in ("chosen", "rejected")})
     p_emb = dict(zip(prompts, map(_floats, encoder.encode_prompts(prompts).tolist()))) if prompts else {}
-    i_emb = encoder.encode_items([str(base_dir / p) for p in images]) if images else []
-    i_emb = dict(zip(images, map(_floats, i_emb.tolist() if images else [])))
-    out = {}
-    for name, rows in splits.items():
-        out[name] = [
-            {**r, "prompt": p_emb[r["prompt"]], "chosen": i_emb[r["chosen"]], "rejected": i_emb[r["rejected"]]}
-            for r in rows
-        ]
-    return out
+    i_emb = dict(zip(images, map(_floats, encoder.encode_items([str(base_dir / p) for p in images]).tolist()))) if images else {}
+    return {key: [{**r, "prompt": p_emb[r["prompt"]], "chosen": i_emb[r["chosen"]], "rejected": i_emb[r["rejected"]]}
+                  for r in rows] for key, rows in groups.items()}
 
 
-def build(
-    out: str | Path,
-    source: str = DEFAULT_SOURCE,
-    split: str = "train",
-    max_rows: int | None = None,
-    num_seen: int = 100,
-    num_unseen: int = 50,
-    min_pairs: int = 20,
-    seed: int = 0,
-    encoder: str | None = None,
-    transform: Transform | None = None,
-) -> dict:
-    """Build the dataset in ``out`` (see the module docstring); returns the meta dict."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=out)) if encoder else None
-    base_dir = tmp if encoder else out
-    try:
-        store = ImageStore(base_dir / "images")
-        rows, counts = read_pairs(iter_source_rows(source, split, max_rows), store)
-        seen, unseen = select_users(rows, num_seen, num_unseen, min_pairs)
-        keep = set(seen) | set(unseen)
-        rows = [r for r in rows if r["user_id"] in keep]
-        extra: dict = {}
-        if transform is not None:
-            rows, extra = transform(rows, base_dir, store)
-        seen_set = set(seen)
-        splits = split_seen([r for r in rows if r["user_id"] in seen_set], seed)
-        splits["unseen"] = [r for r in rows if r["user_id"] not in seen_set]
-        used = {Path(r[k]).name for r in rows for k in ("chosen", "rejected")}
-        if encoder:
-            import pal_mm  # noqa: F401  (import before encoders: avoids an import cycle)
-            from encoders import create_encoder
+def make_encoder(name: str):
+    import pal_mm  # noqa: F401  (import before encoders: avoids an import cycle)
+    from encoders import create_encoder
 
-            splits = embed_rows(splits, base_dir, create_encoder(encoder))
-        else:
-            store.prune(used)
-            store.save_manifest()
-        for name, split_rows in splits.items():
-            write_jsonl(out / f"{name}.jsonl", split_rows)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-    meta = {
-        "source": str(source),
-        "split": split,
-        "max_rows": max_rows,
-        "rows_read": counts.get("rows_read", 0),
-        "ties_dropped": counts.get("ties_dropped", 0),
-        "pairs_without_ties": counts.get("pairs", 0),
-        "min_pairs": min_pairs,
-        "seed": seed,
-        "users_seen": len(seen),
-        "users_unseen": len(unseen),
-        "pairs": {name: len(r) for name, r in splits.items()},
-        "unique_images": len(used),
-        "encoder": encoder,
-        **extra,
+    return create_encoder(name)
+
+
+# --------------------------------------------------------------------------------------------
+# build
+# --------------------------------------------------------------------------------------------
+
+
+def source_meta(c: Collected, source: str, split: str, max_rows: int | None, min_pairs: int, seed: int, encoder: str | None) -> dict:
+    return {
+        "source": str(source), "split": split, "max_rows": max_rows,
+        "rows_read": c.counts.get("rows_read", 0), "ties_dropped": c.counts.get("ties_dropped", 0),
+        "pairs_without_ties": c.counts.get("pairs", 0), "min_pairs": min_pairs, "seed": seed,
+        "users": {"seen": len(c.seen), "unseen": len(c.unseen)}, "encoder": encoder,
     }
-    write_json(out / "meta.json", meta)
+
+
+def build(out: str | Path, source: str = DEFAULT_SOURCE, split: str = "train", max_rows: int | None = None,
+          num_seen: int = 100, num_unseen: int = 50, min_pairs: int = 20, seed: int = 0, encoder: str | None = None) -> dict:
+    """Build the dataset directory ``out`` (see the module docstring); returns its meta dict."""
+    with output_dir(Path(out)) as tmp:
+        c = collect(tmp, source, split, max_rows, num_seen, num_unseen, min_pairs)
+        splits = make_splits(c.rows, c.seen, seed)
+        used = {Path(r[k]).name for r in c.rows for k in ("chosen", "rejected")}
+        if encoder:
+            splits = embed_rows(splits, tmp, make_encoder(encoder))
+            shutil.rmtree(tmp / "images")
+        else:
+            c.store.prune(used)
+            c.store.save_manifest()
+        meta = {"name": "pickapic", "kind": "real", **source_meta(c, source, split, max_rows, min_pairs, seed, encoder),
+                "unique_images": len(used)}
+        write_dataset(tmp, splits, meta)
+        meta = json.loads((tmp / "meta.json").read_text())
     return meta
 
 
@@ -273,7 +249,7 @@ def build(
 def add_build_args(p: argparse.ArgumentParser) -> None:
     """Arguments shared with :mod:`data_scripts.pick_a_filter`."""
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--source", default=DEFAULT_SOURCE, help="Hub name, .parquet/.jsonl file or save_to_disk folder")
+    p.add_argument("--source", default=DEFAULT_SOURCE, help="Hub name, .parquet/.jsonl/.json/.csv file or save_to_disk folder")
     p.add_argument("--split", default="train")
     p.add_argument("--max-rows", type=int, default=None)
     p.add_argument("--num-seen", type=int, default=100)
@@ -290,12 +266,12 @@ def build_kwargs(args: argparse.Namespace) -> dict:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_build_args(p)
-    meta = build(**build_kwargs(p.parse_args(argv)))
-    print(json.dumps(meta, indent=2))
+    args = p.parse_args(argv)
+    return run_builder(lambda: print(json.dumps(build(**build_kwargs(args)), indent=2)))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

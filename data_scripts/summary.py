@@ -22,16 +22,18 @@ Builds the PAL paper's summarisation dataset from the Hub dataset ``openai/summa
   for n in 1, 2, 5, 10, 20, 50, 100 (:func:`pal_mm.data.split_rows_per_user`, seed 42; users with
   ``<= n`` rows are dropped).
 
-Output directory (written atomically: a temporary directory renamed into place)::
+Output: a dataset directory (:mod:`pal_mm.splits`, written atomically: a temporary directory
+renamed into place)::
 
     seen_train.jsonl  seen_val.jsonl  seen_test.jsonl  unseen.jsonl
     unseen_n{N}_train.jsonl  unseen_n{N}_test.jsonl   (N = 1, 2, 5, 10, 20, 50, 100)
-    meta.json
+    meta.json                                         ("kind": "real"; the offline builder's "default")
 
 Each row is ``{"user_id", "prompt", "chosen", "rejected", "group"}``.
 
-The protocol part (:func:`build_protocol_files`, :func:`write_dataset`) is shared with the offline
-builder :mod:`data_scripts.summary_default`.
+The protocol part (:func:`build_protocol_files`, :func:`build_and_write`) is shared with the offline
+builder :mod:`data_scripts.summary_default`. Sources are read with :mod:`pal_mm.ingest` (its rule
+decides "local path or Hub name?").
 
 Usage::
 
@@ -52,18 +54,20 @@ local copy in the Hub schema (rows with ``info`` {id, post, title, subreddit, ar
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import shutil
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from pal_mm.data import read_rows, split_rows_per_user
+from encoders.atomic import output_dir
+from pal_mm.data import split_rows_per_user
 from pal_mm.errors import DataError
+from pal_mm.ingest import iter_rows, source_kind
+from pal_mm.splits import SPLITS, write_dataset
+
+from .cli import run_builder
 
 HUB_NAME = "openai/summarize_from_feedback"
 HUB_CONFIG = "comparisons"
@@ -190,39 +194,19 @@ def build_protocol_files(train: list[dict], test: list[dict]) -> tuple[dict[str,
     return files, users
 
 
-def write_dataset(out_dir: str | os.PathLike, files: dict[str, list[dict]], meta: dict) -> None:
-    """Write the jsonl files and meta.json into a temporary directory next to ``out_dir``, then
-    rename it into place (replacing an existing ``out_dir``)."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        for name, rows in files.items():
-            with open(tmp / name, "w", encoding="utf-8") as fh:
-                for row in rows:
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        with open(tmp / "meta.json", "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(meta, ensure_ascii=False, indent=2) + "\n")
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, old / out.name)
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def build_and_write(train: list[dict], test: list[dict], out_dir: str | os.PathLike, meta_head: dict) -> dict:
-    """Protocol + output: returns the meta dict written to ``meta.json``."""
+    """Protocol + output: the dataset directory ``out_dir`` (replaced atomically: on an error the
+    old one, or nothing, is left). ``meta_head`` carries ``name`` and ``kind``. Returns the meta
+    dict written to ``meta.json``."""
     files, users = build_protocol_files(train, test)
     meta = dict(meta_head)
     meta["protocol"] = PROTOCOL
     meta["counts"] = {name: len(rows) for name, rows in files.items()}
     meta.update(users)
-    write_dataset(out_dir, files, meta)
+    splits = {s: files[f"{s}.jsonl"] for s in SPLITS}
+    extra = {name: rows for name, rows in files.items() if name.removesuffix(".jsonl") not in SPLITS}
+    with output_dir(Path(out_dir)) as tmp:
+        write_dataset(tmp, splits, meta, extra_files=extra)
     return meta
 
 
@@ -291,52 +275,36 @@ def _split_matches(value: str, split: str) -> bool:
 
 def iter_split(source: str, split: str) -> Iterator[tuple[str, object]]:
     """Yield (location, row) for one split of a Hub name, a local directory or a local file."""
-    path = Path(source).expanduser()
-    if path.is_dir():
+    kind = source_kind(source)
+    if kind == "dir":
+        path = Path(source).expanduser()
         files = _split_files(path, split)
         if not files:
             raise DataError(f"{path}: no file for split '{split}' (expected e.g. {split}.jsonl or {split}.parquet)")
         for f in files:
-            rows, _, label = read_rows(f)
+            rows, _, label = iter_rows(f)
             for i, row in enumerate(rows, 1):
                 yield f"{label}: row {i}", row
-    elif path.is_file():
-        rows, _, label = read_rows(path)
+    elif kind == "file":
+        rows, _, label = iter_rows(source)
         for i, row in enumerate(rows, 1):
             value = row.get("split") if isinstance(row, dict) else None
             if not isinstance(value, str):
                 raise DataError(f"{label}: row {i}: field 'split': expected a string (a single file needs it to pick the split)")
             if _split_matches(value, split):
                 yield f"{label}: row {i}", row
-    elif source.startswith((".", "/", "~")) or source.endswith((".jsonl", ".json", ".parquet")):
-        raise DataError(f"{source}: no such file or directory")
     else:
-        for i, row in enumerate(_load_hub(source, split), 1):
-            yield f"{source}[{split}]: row {i}", row
-
-
-def _load_hub(name: str, split: str):
-    """``datasets.load_dataset(name, "comparisons", split=split)``; if the dataset's loading script
-    is refused (recent ``datasets``), retry on the Hub's parquet conversion."""
-    try:
-        from datasets import load_dataset
-    except ImportError:
-        raise DataError("the 'datasets' package is needed to read from the Hub (pip install datasets)") from None
-    try:
-        return load_dataset(name, HUB_CONFIG, split=split)
-    except Exception as first:
-        try:
-            return load_dataset(name, HUB_CONFIG, split=split, revision="refs/convert/parquet")
-        except Exception:
-            msg = str(first).splitlines()[0] if str(first) else ""
-            raise DataError(f"{name}: could not load config '{HUB_CONFIG}' split '{split}' ({type(first).__name__}: {msg})") from None
+        rows, _, label = iter_rows(source, split, config=HUB_CONFIG, streaming=False)
+        for i, row in enumerate(rows, 1):
+            yield f"{label}: row {i}", row
 
 
 def build(source: str, out_dir: str | os.PathLike, train_split: str = "train", test_split: str = "validation") -> dict:
     """Build the TL;DR dataset from ``source`` into ``out_dir``; returns the meta dict."""
     train = parse_hub_rows(iter_split(source, train_split))
     test = parse_hub_rows(iter_split(source, test_split))
-    meta_head = {"source": source, "config": HUB_CONFIG, "splits": {"train": train_split, "test": test_split},
+    meta_head = {"name": "summarize_from_feedback", "kind": "real", "source": source, "config": HUB_CONFIG,
+                 "source_splits": {"train": train_split, "test": test_split},
                  "filtered_comparisons": {"train": len(train), "test": len(test)}}
     return build_and_write(train, test, out_dir, meta_head)
 
@@ -348,14 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-split", default="train", help="split used for seen users' train/val (default train)")
     parser.add_argument("--test-split", default="validation", help="split used for seen test and unseen users (default validation)")
     args = parser.parse_args(argv)
-    try:
-        meta = build(args.source, args.out, args.train_split, args.test_split)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in meta["counts"].items() if "_n" not in k))
-    return 0
 
+    def body():
+        meta = build(args.source, args.out, args.train_split, args.test_split)
+        print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in meta["counts"].items() if "_n" not in k))
+
+    return run_builder(body)
 
 if __name__ == "__main__":
     sys.exit(main())

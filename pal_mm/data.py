@@ -7,34 +7,39 @@ One row is one comparison by one user::
 (TRL's ``prompt``/``chosen``/``rejected`` columns plus a user id.) Each of prompt/chosen/rejected
 is, for the whole column, one of:
 
-* ``text``   - a string,
+* ``text``   - a string (TRL's conversational lists of messages are flattened to text),
 * ``image``  - a path to an image file (relative paths are resolved against the data file),
-* ``vector`` - a list of floats (a precomputed embedding).
+* ``vector`` - a list of numbers (a precomputed embedding), finite and inside float32's range.
 
-Sources: ``.jsonl``/``.json``, ``.parquet``, ``.csv``, a ``datasets`` directory saved with
-``save_to_disk``, or a Hub dataset name (``name`` or ``name:split``). Everything is validated up
-front; a problem raises :class:`DataError` naming the file, the row (1-based data row) and the
-column.
+``user_id`` and ``group`` are strings, or integers when the whole column holds integers (they
+become strings; a column mixing the two is an error, so ids ``0`` and ``"0"`` never merge).
+``group`` is in every row or in none. Rows are read by :mod:`pal_mm.ingest` (files,
+``save_to_disk`` directories, Hub names) and validated up front by :class:`RowValidator`; a
+problem raises :class:`DataError` naming the file, the row (1-based data row) and the column.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
+import numbers
 import os
 import random
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .convert import flatten_conversation, is_conversation
-from .errors import DataError
+import numpy as np
+
+from .conversation import flatten_conversation, is_conversation
+from .errors import DataError, PalMMError
+from .image_store import IMAGE_SUFFIXES
+from .ingest import first_line, iter_rows, shown
 
 REQUIRED_COLUMNS = ("user_id", "prompt", "chosen", "rejected")
 CONTENT_COLUMNS = ("prompt", "chosen", "rejected")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+READ_COLUMNS = (*REQUIRED_COLUMNS, "group")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -55,7 +60,7 @@ class PreferenceData:
     def from_rows(cls, rows: Sequence[dict], source: str = "<memory>", base_dir: str | Path | None = None,
                   chat_tokenizer=None):
         """Validate a list of row dicts (the canonical columns, optional ``group``)."""
-        return _validate_rows(list(rows), source, Path(base_dir) if base_dir else None, chat_tokenizer)
+        return validate_rows(rows, source, base_dir, chat_tokenizer)
 
     @classmethod
     def load(cls, source: str | os.PathLike, chat_tokenizer=None) -> "PreferenceData":
@@ -63,8 +68,8 @@ class PreferenceData:
 
         Conversational values (TRL's lists of ``{role, content}`` messages) are flattened to
         text with ``chat_tokenizer``'s chat template when given, else as ``role: content`` lines."""
-        rows, base_dir, label = read_rows(source)
-        return _validate_rows(rows, label, base_dir, chat_tokenizer)
+        rows, base_dir, label = iter_rows(source, streaming=False)
+        return validate_rows(rows, label, base_dir, chat_tokenizer)
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -113,179 +118,178 @@ class PreferenceData:
 
 
 # ------------------------------------------------------------------------------------------
-# Reading
-# ------------------------------------------------------------------------------------------
-def read_rows(source: str | os.PathLike) -> tuple[list[dict], Path | None, str]:
-    """Return (rows, directory for relative image paths, label used in error messages)."""
-    path = Path(source)
-    if path.is_dir():
-        return _read_saved_dataset(path), path, str(path)
-    if path.is_file():
-        suffix = path.suffix.lower()
-        if suffix in (".jsonl", ".json"):
-            return _read_json(path), path.parent, str(path)
-        if suffix == ".csv":
-            with open(path, newline="", encoding="utf-8") as fh:
-                return list(csv.DictReader(fh)), path.parent, str(path)
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return pq.read_table(path).to_pylist(), path.parent, str(path)
-        raise DataError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json, .csv or .parquet)")
-    text = str(source)
-    looks_local = text.startswith((".", "/", "~")) or text.endswith((".jsonl", ".json", ".csv", ".parquet"))
-    if looks_local:
-        raise DataError(f"{text}: no such file or directory")
-    return _read_hub(text), None, text
-
-
-def _read_json(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        if path.suffix.lower() == ".json":
-            try:
-                data = json.load(fh)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
-            if not isinstance(data, list):
-                raise DataError(f"{path}: a .json file must hold a list of rows")
-            rows = data
-        else:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from None
-    for i, row in enumerate(rows, 1):
-        if not isinstance(row, dict):
-            raise DataError(f"{path}: row {i}: expected a JSON object, got {type(row).__name__}")
-    return rows
-
-
-def _read_saved_dataset(path: Path) -> list[dict]:
-    try:
-        from datasets import load_from_disk
-
-        ds = load_from_disk(str(path))
-    except Exception as e:  # not a datasets directory, or corrupt
-        raise DataError(f"{path}: not a dataset saved with save_to_disk ({type(e).__name__}: {e})") from None
-    if hasattr(ds, "keys"):  # a DatasetDict: take the train split, else the only one
-        splits = list(ds.keys())
-        ds = ds["train"] if "train" in splits else ds[splits[0]]
-    return ds.to_list()
-
-
-def _read_hub(name: str) -> list[dict]:
-    split = "train"
-    if ":" in name:
-        name, split = name.split(":", 1)
-    try:
-        from datasets import load_dataset
-
-        ds = load_dataset(name, split=split)
-    except Exception as e:
-        raise DataError(f"{name}: could not load Hub dataset split {split!r} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    return ds.to_list()
-
-
-# ------------------------------------------------------------------------------------------
 # Validation
 # ------------------------------------------------------------------------------------------
-def _kind_of(value: Any, base_dir: Path | None) -> str | None:
-    """'text' | 'image' | 'vector', or None for an empty/null value."""
-    if value is None:
-        return None
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+
+
+def _kind_of(value: Any) -> str | None:
+    """'text' | 'image' | 'vector', 'other', or None for an empty/null value."""
     if isinstance(value, (list, tuple)):
         return "vector" if len(value) else None
+    if _empty(value):
+        return None
     if isinstance(value, str):
-        if not value.strip():
-            return None
         if value.lower().endswith(IMAGE_SUFFIXES) and "\n" not in value and len(value) < 1024:
             return "image"
         return "text"
-    if isinstance(value, float) and math.isnan(value):
-        return None
     return "other"
 
 
-def _validate_rows(rows: list[dict], source: str, base_dir: Path | None, chat_tokenizer=None) -> PreferenceData:
-    if not rows:
-        raise DataError(f"{source}: no rows")
-    missing = [c for c in REQUIRED_COLUMNS if c not in rows[0]]
-    if missing:
-        raise DataError(f"{source}: missing column(s) {', '.join(missing)} (need {', '.join(REQUIRED_COLUMNS)})")
-    has_group = "group" in rows[0]
-    kinds: dict[str, str] = {}
-    dims: dict[str, int] = {}
-    out = {c: [] for c in ("user_id", *CONTENT_COLUMNS, "group")}
-    for r, row in enumerate(rows, 1):
-        where = f"{source}: row {r}"
+def validate_rows(rows: Iterable[dict], source: str = "<memory>", base_dir: str | os.PathLike | None = None,
+                  chat_tokenizer=None) -> PreferenceData:
+    """Validate rows (see :class:`RowValidator`) into a :class:`PreferenceData`."""
+    validator = RowValidator(source, base_dir, chat_tokenizer)
+    for row in rows:
+        validator.add(row)
+    return validator.result()
+
+
+class IdColumn:
+    """Checks one identifier column (``user_id``, ``group``) value by value: a string, or an
+    integer when the whole column holds integers (returned as a string), so ids ``0`` and
+    ``"0"`` never merge; bools, floats, lists and dicts are errors."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.kind: str | None = None
+
+    def __call__(self, value: Any, where: str) -> str:
+        if _empty(value):
+            raise DataError(f"{where}: column '{self.name}': empty or null")
+        if isinstance(value, bool) or not isinstance(value, (str, numbers.Integral)):
+            raise DataError(f"{where}: column '{self.name}': expected a string or an integer, got {type(value).__name__}")
+        kind = "string" if isinstance(value, str) else "integer"
+        self.kind = self.kind or kind
+        if kind != self.kind:
+            raise DataError(f"{where}: column '{self.name}': mixed types ({kind} here, {self.kind} in earlier rows)")
+        if kind == "string":
+            return value
+        try:
+            return str(int(value))
+        except ValueError:  # more than 4,300 digits
+            raise DataError(f"{where}: column '{self.name}': integer too long") from None
+
+
+class RowValidator:
+    """Validates rows one at a time and collects a :class:`PreferenceData`.
+
+    It remembers what the earlier rows held: the kind of each column (``chosen`` and ``rejected``
+    share one), vector lengths, whether ids are strings or integers, and whether the first row had
+    a ``group`` column. ``names`` renames columns in messages (``pal-mm convert`` validates
+    converted rows under the input's column names)."""
+
+    def __init__(self, source: str = "<memory>", base_dir: str | os.PathLike | None = None, chat_tokenizer=None,
+                 names: dict[str, str] | None = None):
+        self.source = source
+        self.base_dir = Path(base_dir) if base_dir is not None else None
+        self.chat_tokenizer = chat_tokenizer
+        self.names = {**{c: c for c in READ_COLUMNS}, **(names or {})}
+        self.has_group: bool | None = None
+        self.kinds: dict[str, str] = {}
+        self.dims: dict[str, int] = {}
+        self.ids = {"user_id": IdColumn(self.names["user_id"]), "group": IdColumn(self.names["group"])}
+        self.out: dict[str, list] = {c: [] for c in READ_COLUMNS}
+
+    def add(self, row: Any, where: str | None = None) -> None:
+        """Validate one row (``where`` names it in messages, default ``SOURCE: row N``)."""
+        n = len(self.out["user_id"]) + 1
+        where = where or f"{self.source}: row {n}"
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a mapping of column names to values, got {type(row).__name__}")
+        if self.has_group is None:
+            missing = [self.names[c] for c in REQUIRED_COLUMNS if c not in row]
+            if missing:
+                need = ", ".join(self.names[c] for c in REQUIRED_COLUMNS)
+                raise DataError(f"{where}: missing column(s) {', '.join(missing)} (need {need})")
+            self.has_group = "group" in row
         for col in REQUIRED_COLUMNS:
             if col not in row:
-                raise DataError(f"{where}: column '{col}': missing")
-        uid = row["user_id"]
-        if uid is None or (isinstance(uid, float) and math.isnan(uid)) or str(uid).strip() == "":
-            raise DataError(f"{where}: column 'user_id': empty or null")
-        out["user_id"].append(str(uid))
-        for col in CONTENT_COLUMNS:
-            value = row[col]
-            if is_conversation(value):
-                value = flatten_conversation(value, chat_tokenizer, add_generation_prompt=col == "prompt")
-            kind = _kind_of(value, base_dir)
-            if kind is None:
-                raise DataError(f"{where}: column '{col}': empty or null value")
-            if kind == "other":
-                raise DataError(f"{where}: column '{col}': expected text, an image path or a list of floats, got {type(value).__name__}")
-            # chosen and rejected must share a kind (they go through the same item tower)
-            key = "item" if col in ("chosen", "rejected") else col
-            if key not in kinds:
-                kinds[key] = kind
-            elif kinds[key] != kind:
-                raise DataError(f"{where}: column '{col}': mixed types ({kind} here, {kinds[key]} in earlier rows)")
-            if kind == "vector":
-                value = _check_vector(value, where, col)
-                if key not in dims:
-                    dims[key] = len(value)
-                elif dims[key] != len(value):
-                    raise DataError(f"{where}: column '{col}': vector of length {len(value)}, expected {dims[key]}")
-            elif kind == "image":
-                value = _resolve_image(value, base_dir, where, col)
-            out[col].append(value)
-        if has_group:
-            g = row.get("group")
-            if g is None or str(g).strip() == "":
-                raise DataError(f"{where}: column 'group': empty or null")
-            out["group"].append(str(g))
-    return PreferenceData(
-        user_ids=out["user_id"],
-        prompts=out["prompt"],
-        chosen=out["chosen"],
-        rejected=out["rejected"],
-        groups=out["group"] if has_group else None,
-        kinds={"prompt": kinds["prompt"], "chosen": kinds["item"], "rejected": kinds["item"]},
-        source=source,
-    )
+                raise DataError(f"{where}: column '{self.names[col]}': missing")
+        if ("group" in row) != self.has_group:
+            state = "missing here but present" if self.has_group else "present here but missing"
+            raise DataError(f"{where}: column '{self.names['group']}': {state} in row 1 (a column must be in every row or in none)")
+        user = self.ids["user_id"](row["user_id"], where)
+        values = [self._content(row[col], where, col) for col in CONTENT_COLUMNS]
+        group = self.ids["group"](row["group"], where) if self.has_group else None
+        self.out["user_id"].append(user)
+        for col, value in zip(CONTENT_COLUMNS, values):
+            self.out[col].append(value)
+        self.out["group"].append(group)
+
+    def result(self) -> PreferenceData:
+        if not self.out["user_id"]:
+            raise DataError(f"{self.source}: no rows")
+        return PreferenceData(
+            user_ids=self.out["user_id"], prompts=self.out["prompt"], chosen=self.out["chosen"], rejected=self.out["rejected"],
+            groups=self.out["group"] if self.has_group else None,
+            kinds={"prompt": self.kinds["prompt"], "chosen": self.kinds["item"], "rejected": self.kinds["item"]},
+            source=self.source,
+        )
+
+    # ---------------------------------------------------------------------------------------
+    def _content(self, value: Any, where: str, col: str) -> Any:
+        name = self.names[col]
+        if is_conversation(value):
+            try:
+                value = flatten_conversation(value, self.chat_tokenizer, add_generation_prompt=col == "prompt")
+            except (PalMMError, RecursionError) as e:
+                raise DataError(f"{where}: column '{name}': {shown(str(e) or type(e).__name__, 300)}") from None
+        kind = _kind_of(value)
+        if kind is None:
+            raise DataError(f"{where}: column '{name}': empty or null value")
+        if kind == "other":
+            raise DataError(f"{where}: column '{name}': expected text, an image path or a list of floats, got {type(value).__name__}")
+        key = "item" if col in ("chosen", "rejected") else col  # chosen and rejected share the item tower
+        earlier = self.kinds.setdefault(key, kind)
+        if earlier != kind:
+            raise DataError(f"{where}: column '{name}': mixed types ({kind} here, {earlier} in earlier rows)")
+        if kind == "vector":
+            value = check_vector(value, f"{where}: column '{name}'")
+            if self.dims.setdefault(key, len(value)) != len(value):
+                raise DataError(f"{where}: column '{name}': vector of length {len(value)}, expected {self.dims[key]}")
+        elif kind == "image":
+            value = _resolve_image(value, self.base_dir, f"{where}: column '{name}'")
+        return value
 
 
-def _check_vector(value: Sequence, where: str, col: str) -> list[float]:
+def check_vector(value: Sequence, where: str) -> list[float]:
+    """A list of Python floats from a list of numbers: every entry an int or a float (not a
+    bool, not a string), finite and inside float32's range (|x| <= 3.4028235e38)."""
+    if set(map(type, value)) <= {int, float}:
+        try:
+            arr = np.array(value, dtype=np.float64)
+        except OverflowError:
+            raise DataError(f"{where}: vector holds a value beyond float32 range (|x| <= {FLOAT32_MAX:.8g})") from None
+    else:
+        for v in value:
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+                raise DataError(f"{where}: vector holds a non-number ({type(v).__name__})")
+        try:
+            arr = np.array([float(v) for v in value], dtype=np.float64)
+        except OverflowError:
+            raise DataError(f"{where}: vector holds a value beyond float32 range (|x| <= {FLOAT32_MAX:.8g})") from None
+    if not np.isfinite(arr).all():
+        raise DataError(f"{where}: vector holds NaN or inf")
+    big = np.abs(arr) > FLOAT32_MAX
+    if big.any():
+        raise DataError(f"{where}: vector holds {float(arr[big][0]):.6g}, beyond float32 range (|x| <= {FLOAT32_MAX:.8g})")
+    return arr.tolist()
+
+
+def _resolve_image(value: str, base_dir: Path | None, where: str) -> str:
     try:
-        vec = [float(v) for v in value]
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: column '{col}': vector holds a non-number") from None
-    if not all(math.isfinite(v) for v in vec):
-        raise DataError(f"{where}: column '{col}': vector holds NaN or inf")
-    return vec
-
-
-def _resolve_image(value: str, base_dir: Path | None, where: str, col: str) -> str:
-    path = Path(value).expanduser()
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
-    if not path.is_file():
-        raise DataError(f"{where}: column '{col}': image file not found: {path}")
-    return str(path.resolve())
+        path = Path(value).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        found = path.is_file()
+        resolved = str(path.resolve()) if found else ""
+    except (OSError, ValueError, RuntimeError) as e:  # a name too long, a NUL byte, an unknown ~user
+        raise DataError(f"{where}: cannot access image file {shown(value)} ({first_line(e)})") from None
+    if not found:
+        raise DataError(f"{where}: image file not found: {shown(str(path), 300)}")
+    return resolved
 
 
 # ------------------------------------------------------------------------------------------
@@ -312,7 +316,3 @@ def split_rows_per_user(rows: list[dict], n: int, seed: int = 0) -> tuple[list[d
     """Row-dict version of :meth:`PreferenceData.split_per_user` (used by the data builders)."""
     train_idx, test_idx = split_indices_per_user([str(r["user_id"]) for r in rows], n, seed)
     return [rows[i] for i in train_idx], [rows[i] for i in test_idx]
-
-
-def user_counts(data: PreferenceData) -> Counter:
-    return Counter(data.user_ids)

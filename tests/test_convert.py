@@ -13,7 +13,8 @@ from PIL import Image
 
 from pal_mm import PalMMError, PreferenceData
 from pal_mm.cli import main
-from pal_mm.convert import convert_pal_reference, flatten_conversation, last_assistant_text
+from pal_mm.conversation import flatten_conversation, last_assistant_text
+from pal_mm.convert import convert_pal_reference
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -211,3 +212,47 @@ def test_flatten_conversation_plain_and_chat_template():
     assert last_assistant_text(CONV) == "Hello."
     assert last_assistant_text([{"role": "user", "content": "only user"}]) == "only user"
     assert last_assistant_text("plain") == "plain"
+
+
+# ----- what convert writes is valid data; output paths -------------------------------------------
+def test_converted_rows_are_validated_under_the_input_names(tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "pairs.jsonl"
+    cases = [
+        ({"left": [1e39, 0.0]}, "row 2: column 'left': vector holds 1e+39, beyond float32 range"),
+        ({"right": [1.0]}, "row 2: column 'right': vector of length 1, expected 2"),
+        ({"uid": 7}, "row 2: column 'uid': mixed types (integer here, string in earlier rows)"),
+        ({"prompt": {"text": "p"}}, "row 2: column 'prompt': expected text, an image path or a list of floats, got dict"),
+        ({"y": True}, "row 2: column 'y': expected -1 (left preferred) or +1 (right preferred), got 'True'"),
+    ]
+    first = {"uid": "u", "prompt": "p", "left": [0.5, 1.0], "right": [1.0, 0.5], "y": 1}
+    for change, message in cases:
+        src = write_jsonl(tmp_path / "in.jsonl", [first, {**first, **change}])
+        assert_one_line_error(capsys, ["convert", "--from", "pal-reference", "--data", str(src), "--out", str(out)], message)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # the folders it would have made are gone too
+    mixed = [{"caption": "c", "jpg_0": png_bytes("red"), "jpg_1": png_bytes("blue"), "label_0": 1, "label_1": 0, "user_id": u}
+             for u in ("a", 0)]
+    from pal_mm.convert import convert_pickapic
+
+    with pytest.raises(PalMMError, match="row 2: column 'user_id': mixed types"):
+        convert_pickapic(mixed, tmp_path / "imgs")
+
+
+def test_pickapic_ids_stay_strings_and_integer_columns_convert_whole(tmp_path):
+    from pal_mm.convert import convert_pickapic
+
+    rows, counts = convert_pickapic(pickapic_rows(), tmp_path / "imgs", "imgs/")
+    assert [r["user_id"] for r in rows] == ["11", "12", "13"] and counts["ties_dropped"] == 1
+
+
+def test_unwritable_output_paths(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "ref.jsonl", REFERENCE_ROWS)
+    (tmp_path / "file").write_text("")
+    for out, message in ((tmp_path / "file" / "o.jsonl", "cannot write"), (tmp_path / ("o" * 300 + ".jsonl"), "File name too long")):
+        assert_one_line_error(capsys, ["convert", "--from", "pal-reference", "--data", str(src), "--out", str(out)], message)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(pickapic_rows()[:2]), tmp_path / "p.parquet")
+    assert_one_line_error(capsys, ["convert", "--from", "pickapic", "--data", str(tmp_path / "p.parquet"), "--out",
+                                   str(tmp_path / "ok" / "o.jsonl"), "--images-dir", str(tmp_path / "file" / "imgs")], "cannot write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "p.parquet", "ref.jsonl"]

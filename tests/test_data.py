@@ -96,7 +96,7 @@ def test_missing_column_and_bad_files(tmp_path):
     with pytest.raises(DataError, match=r"missing column\(s\) rejected"):
         PreferenceData.load(_write(tmp_path, [{"user_id": "u", "prompt": "p", "chosen": "c"}]))
     bad = tmp_path / "broken.jsonl"
-    bad.write_text('{"user_id": "u"}\n{not json\n')
+    bad.write_text(json.dumps(ROW) + '\n{not json\n')
     with pytest.raises(DataError, match=r"broken.jsonl: line 2: invalid JSON"):
         PreferenceData.load(bad)
     with pytest.raises(DataError, match="no such file"):

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # data_scripts is not an installed package
-    sys.path.insert(0, str(ROOT))
+from data_scripts import summary
+from pal_mm.splits import is_dataset_dir, load_dataset
 
-from data_scripts import summary  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------------------------------
 # A small fixture in the Hub schema of openai/summarize_from_feedback (comparisons)
@@ -106,6 +105,9 @@ def test_output_files(built):
     meta = json.loads((out / "meta.json").read_text())
     for name, count in meta["counts"].items():
         assert len(read_jsonl(out / name)) == count
+    assert is_dataset_dir(out) and meta["kind"] == "real"  # the pal_mm.splits layout
+    ds = load_dataset(out)
+    assert {s: len(ds[s]) for s in ds.splits} == meta["splits"] and ds.kind == "real"
 
 
 def test_sft_filter_and_seen_users(built):

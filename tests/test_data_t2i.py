@@ -6,7 +6,6 @@ import io
 import json
 import random
 import re
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,12 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-if str(Path(__file__).resolve().parents[1]) not in sys.path:  # data_scripts is run from the repo root,
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # not installed as a package
-
 from data_scripts import pick_a_filter, pickapic, t2i_default
 from data_scripts.images import blue_red_balance, cool_filter, open_rgb, warm_filter
 from pal_mm.data import PreferenceData, split_rows_per_user  # noqa: I001 (pal_mm before encoders)
+from pal_mm.splits import dataset_variants, is_dataset_dir, load_dataset, read_meta
 from encoders import Encoder, register_encoder
 
 SPLITS = ("seen_train", "seen_val", "seen_test", "unseen")
@@ -103,9 +100,10 @@ def test_pickapic_counts_ties_and_users(pickapic_out):
     out, meta = pickapic_out
     assert meta["rows_read"] == 1 + sum(USER_PAIRS.values())
     assert meta["ties_dropped"] == 1
-    assert meta["users_seen"] == 2 and meta["users_unseen"] == 2
+    assert meta["users"] == {"seen": 2, "unseen": 2}
+    assert meta["kind"] == "real" and is_dataset_dir(out)
     splits = _read(out)
-    assert meta["pairs"] == {s: len(splits[s]) for s in SPLITS}
+    assert meta["splits"] == {s: len(splits[s]) for s in SPLITS}
     seen = {r["user_id"] for s in SPLITS[:3] for r in splits[s]}
     unseen = {r["user_id"] for r in splits["unseen"]}
     assert seen == {"1", "2"} and unseen == {"3", "4"}  # most pairs first, disjoint, "e" dropped
@@ -148,6 +146,44 @@ def test_pickapic_other_source_formats(tmp_path, raw_rows, pickapic_out):
         out = tmp_path / f"out_{src.name}"
         pickapic.build(out, source=str(src), **BUILD)
         assert _read(out) == expected
+
+
+def test_pickapic_stores_only_selected_users_images(tmp_path, parquet_source, raw_rows, monkeypatch):
+    """Users are selected before any image is stored: the dropped user's and the tie's images
+    never reach the image store (not written and pruned later: never written)."""
+    from pal_mm.image_store import ImageStore
+
+    stored: list[bytes] = []
+    put = ImageStore.put_bytes
+    monkeypatch.setattr(ImageStore, "put_bytes", lambda self, data, where="image": stored.append(data) or put(self, data, where))
+    pickapic.build(tmp_path / "sel", source=parquet_source, **BUILD)
+    dropped = {r[k] for r in raw_rows if r["user_id"] == 5 or r["label_0"] == r["label_1"] for k in ("jpg_0", "jpg_1")}
+    kept = {r[k] for r in raw_rows if r["user_id"] in (1, 2, 3, 4) and r["label_0"] != r["label_1"] for k in ("jpg_0", "jpg_1")}
+    assert set(stored) == kept and not set(stored) & dropped
+
+
+def test_pickapic_bad_source_is_one_line_and_leaves_nothing(tmp_path, raw_rows, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{k: v for k, v in r.items() if k != "_winner"} for r in raw_rows]
+    rows[7] = {**rows[7], "jpg_1": b"not an image"}
+    src = tmp_path / "bad.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), src)
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--source", str(src), "--num-seen", "2", "--num-unseen", "2", "--min-pairs", "5"]
+    assert pickapic.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.parquet: row 8: column 'jpg_1': not a readable image" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet"]  # no output, no temporary folder
+    rows[7] = {**rows[7], "jpg_1": rows[8]["jpg_1"], "label_0": float("nan")}
+    pq.write_table(pa.Table.from_pylist(rows), src)
+    assert pick_a_filter.main(argv) == 2
+    assert "row 8: column 'label_0': expected a finite number" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert pickapic.main(["--out", str(blocker / "sub"), "--source", str(src)]) == 2  # an unwritable --out
+    assert "cannot write" in capsys.readouterr().err
 
 
 class _MeanColour(Encoder):
@@ -208,25 +244,31 @@ def test_plan_is_nested_and_half_half():
     assert sorted(groups.values()) == ["cool", "cool", "warm", "warm"]
 
 
-def _build_filter(tmp_path, source, beta) -> Path:
-    out = tmp_path / f"paf_{beta}"
-    pick_a_filter.main(["--out", str(out), "--source", source, "--beta", str(beta), "--num-seen", "2",
-                        "--num-unseen", "2", "--min-pairs", "5", "--seed", "0"])
+def _build_filter(tmp_path, source, *betas) -> Path:
+    out = tmp_path / "paf"
+    assert pick_a_filter.main(["--out", str(out), "--source", source, "--beta", *map(str, betas), "--num-seen", "2",
+                               "--num-unseen", "2", "--min-pairs", "5", "--seed", "0"]) == 0
     return out
+
+
+def _from_root(rows: list[dict]) -> list[dict]:
+    """A variant's rows with image paths relative to the root (``../images/x`` -> ``images/x``)."""
+    return [{**r, "chosen": r["chosen"].removeprefix("../"), "rejected": r["rejected"].removeprefix("../")} for r in rows]
 
 
 def test_pick_a_filter_beta_0_changes_nothing(tmp_path, parquet_source, pickapic_out):
     out = _build_filter(tmp_path, parquet_source, 0.0)
-    rows, ref = _all(_read(out)), _all(_read(pickapic_out[0]))
+    assert list(dataset_variants(out)) == ["beta_0.0"]
+    rows, ref = _from_root(_all(_read(out / "beta_0.0"))), _all(_read(pickapic_out[0]))
     assert [{k: v for k, v in r.items() if k != "group"} for r in rows] == ref
     assert {r["group"] for r in rows} == {"cool", "warm"}
-    assert json.loads((out / "meta.json").read_text())["pick_a_filter"]["modified_pairs"] == 0
+    assert read_meta(out / "beta_0.0")["modified_pairs"] == 0
 
 
 def test_pick_a_filter_beta_1_hits_winner_or_loser(tmp_path, parquet_source, pickapic_out):
     out = _build_filter(tmp_path, parquet_source, 1.0)
     ref_dir = pickapic_out[0]
-    rows, ref = _all(_read(out)), _all(_read(ref_dir))
+    rows, ref = _from_root(_all(_read(out / "beta_1.0"))), _all(_read(ref_dir))
     assert len(rows) == len(ref)
     sides = Counter()
     for r, o in zip(rows, ref):
@@ -241,7 +283,32 @@ def test_pick_a_filter_beta_1_hits_winner_or_loser(tmp_path, parquet_source, pic
         sides[r["user_id"], side] += 1
     for user, n in (("1", 12), ("2", 10), ("3", 8), ("4", 6)):
         assert sides[user, "chosen"] == sides[user, "rejected"] == n // 2
-    assert json.loads((out / "meta.json").read_text())["pick_a_filter"]["modified_pairs"] == len(rows)
+    assert read_meta(out / "beta_1.0")["modified_pairs"] == len(rows)
+
+
+def test_builders_output_loads_variant_by_variant(tmp_path, parquet_source, pickapic_out):
+    """What the builders write is what the experiments read: pal_mm.splits.load_dataset on every
+    variant of Pick-a-Filter (several betas, shared images) and on plain Pick-a-Pic."""
+    out = _build_filter(tmp_path, parquet_source, 0.0, 0.5, 1.0)
+    root = read_meta(out)
+    assert root["kind"] == "real" and root["variants"] == ["beta_0.0", "beta_0.5", "beta_1.0"]
+    assert root["users"] == {"seen": 2, "unseen": 2, "cool": 2, "warm": 2}  # the keys of the t2i default's meta
+    assert sorted(p.name for p in out.iterdir()) == ["beta_0.0", "beta_0.5", "beta_1.0", "images", "meta.json"]
+    variants = dataset_variants(out)
+    assert list(variants) == root["variants"]
+    for name, directory in variants.items():
+        ds = load_dataset(directory)
+        assert ds.kind == "real" and ds.meta["beta"] == float(name.removeprefix("beta_"))
+        assert {s: len(ds[s]) for s in SPLITS} == ds.meta["splits"] == root["betas"][str(ds.meta["beta"])]["pairs"]
+        assert ds["seen_train"].item_kind == "image" and set(ds["unseen"].users) == {"3", "4"}
+        assert all(Path(p).parent == (out / "images").resolve() for s in SPLITS for p in ds[s].chosen + ds[s].rejected)
+    plain = dataset_variants(pickapic_out[0])
+    assert list(plain.values()) == [pickapic_out[0]]
+    ds = load_dataset(pickapic_out[0])
+    assert ds.kind == "real" and len(ds["seen_train"]) == pickapic_out[1]["splits"]["seen_train"]
+    # only the selected users' images were ever stored: 4 users x their pairs, 2 images each
+    n_pairs = sum(USER_PAIRS[u] for u in "abcd")
+    assert len(list((pickapic_out[0] / "images").glob("*.jpg"))) == 2 * n_pairs
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,10 +331,12 @@ def test_default_counts_and_paths(default_out):
     out, meta = default_out
     assert meta["users"]["seen"] == 20 and meta["users"]["unseen"] == 10
     assert meta["unique_images"] == len(list((out / "images").glob("*.png")))
+    assert meta["kind"] == "default" and list(dataset_variants(out)) == [f"beta_{float(b)}" for b in t2i_default.BETAS]
     for beta in t2i_default.BETAS:
         d = out / f"beta_{float(beta)}"
         splits = _read(d)
         assert meta["betas"][str(float(beta))]["pairs"] == {s: len(v) for s, v in splits.items()}
+        assert read_meta(d)["beta"] == beta and read_meta(d)["kind"] == "default"
         seen_counts = Counter(r["user_id"] for s in SPLITS[:3] for r in splits[s])
         unseen_counts = Counter(r["user_id"] for r in splits["unseen"])
         assert len(seen_counts) == 20 and len(unseen_counts) == 10 and not set(seen_counts) & set(unseen_counts)
