@@ -32,8 +32,6 @@ from .errors import DataError, PalMMError
 from .image_store import ImageStore, image_bytes
 from .ingest import first_line, iter_rows, pickapic_winner, shown, take
 
-# ``from pal_mm.convert import flatten_conversation`` predates pal_mm.conversation (rlhf.py uses it).
-from .conversation import flatten_conversation, is_conversation, last_assistant_text  # noqa: F401
 
 FORMATS = ("pal-reference", "pickapic")
 PICKAPIC_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1", "user_id")

@@ -4,7 +4,7 @@
   (``GRPOTrainer`` / ``RLOOTrainer``): ``fn(prompts, completions, **kwargs) -> list[float]``.
   Completions may be strings or conversations (lists of ``{role, content}``; the last assistant
   message's content is scored); conversational prompts are flattened with
-  :func:`pal_mm.convert.flatten_conversation`. With a multi-user :class:`~pal_mm.PALModel` and no
+  :func:`pal_mm.conversation.flatten_conversation`. With a multi-user :class:`~pal_mm.PALModel` and no
   fixed user, each row is scored for the user in the dataset's ``user_id`` column (TRL passes
   the dataset's extra columns as keyword arguments).
 * :func:`score_pixels` - a differentiable reward of images given as a (B, 3, H, W) tensor in
@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 from encoders.pixels import resize_center_crop_tensor  # noqa: F401  (re-exported)
 
-from .convert import flatten_conversation, is_conversation, last_assistant_text
+from .conversation import flatten_conversation, is_conversation, last_assistant_text
 from .errors import PalMMError
 from .export import PersonalRewardModel, load_reward_model
 from .mixture import check_simplex

@@ -151,12 +151,10 @@ def test_fuzz_no_traceback_leftover_non_finite_model_or_wrong_outcome(fuzz):
 
 
 def test_fuzz_train_output_paths(fuzz):
-    if fuzz.problems["lead_tracebacks"]:
-        pytest.xfail(f"train --out that the OS refuses gives a traceback (commands/_common.py): {fuzz.problems['lead_tracebacks']}")
+    """--out paths the OS refuses (under a file, names too long) are one-line errors too."""
+    assert fuzz.problems["lead_tracebacks"] == []
 
 
 def test_fuzz_huge_float32_values_do_not_give_non_finite_models(fuzz):
-    huge = fuzz.problems["huge_non_finite"]
-    if huge:
-        pytest.xfail(f"{len(huge)} huge-but-float32-finite inputs train to a non-finite model; the training loop's "
-                     f"finite-loss check must stop them: {huge[:5]}")
+    """Values inside float32 range but huge (1e30, 3e38) are stopped by the training loop's checks."""
+    assert fuzz.problems["huge_non_finite"] == []

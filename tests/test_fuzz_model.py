@@ -120,12 +120,13 @@ def test_corrupt_model_dir_is_one_clean_line(saved, tmp_path, capsys, name):
     damage(model)
     capsys.readouterr()
     commands = [["eval", "--model", str(model), "--data", str(saved / "test.jsonl"), "--json"],
-                ["score", "--model", str(model), "--user", "user0", "--prompt=0.1,0.2,0.3", "--response=" + ",".join(["0.5"] * 6),
+                ["score", "--model", str(model), "--user", "user000", "--prompt=0.1,0.2,0.3", "--response=" + ",".join(["0.5"] * 6),
                  "--json"],
-                ["export", "--model", str(model), "--user", "user0", "--out", str(tmp_path / "exported")]]
+                ["export", "--model", str(model), "--user", "user000", "--out", str(tmp_path / "exported")]]
     if name == "unknown encoder":  # export never builds the encoder (a plug-in may be missing here): it works
         assert main(commands.pop()) == 0 and (tmp_path / "exported" / "config.json").is_file()
         shutil.rmtree(tmp_path / "exported")
+        capsys.readouterr()
     for argv in commands:
         rc = main(argv)
         out, err = capsys.readouterr()
@@ -141,7 +142,7 @@ def test_untrusted_encoder_option_is_ignored(saved, tmp_path, capsys):
     model = tmp_path / "model"
     shutil.copytree(saved / "model", model)
     _json(model, "config.json", _set(["encoder", "config", "trust_remote_code"], True))
-    argv = ["score", "--user", "user0", "--prompt=0.1,0.2,0.3", "--response=" + ",".join(["0.5"] * 6), "--json"]
+    argv = ["score", "--user", "user000", "--prompt=0.1,0.2,0.3", "--response=" + ",".join(["0.5"] * 6), "--json"]
     assert main(argv[:1] + ["--model", str(saved / "model")] + argv[1:]) == 0
     expected = json.loads(capsys.readouterr().out)
     assert main(argv[:1] + ["--model", str(model)] + argv[1:]) == 0
@@ -150,7 +151,7 @@ def test_untrusted_encoder_option_is_ignored(saved, tmp_path, capsys):
 
 def test_json_outputs_are_strict(saved, tmp_path, capsys):
     """eval on pairs that are all ties has no accuracy: null in JSON, n/a for people; never NaN."""
-    rows = [{"user_id": "user0", "prompt": [0.1, 0.2, 0.3], "chosen": [0.5] * 6, "rejected": [0.5] * 6}] * 3
+    rows = [{"user_id": "user000", "prompt": [0.1, 0.2, 0.3], "chosen": [0.5] * 6, "rejected": [0.5] * 6}] * 3
     write_jsonl(tmp_path / "ties.jsonl", rows)
     assert main(["eval", "--model", str(saved / "model"), "--data", str(tmp_path / "ties.jsonl"), "--json"]) == 0
     text = capsys.readouterr().out

@@ -342,6 +342,8 @@ def say(args: argparse.Namespace, message: str) -> None:
 def check_output(out: str | os.PathLike, overwrite: bool, resume: bool = False) -> Path:
     """Fail early (before any work) when ``out`` exists without --overwrite or cannot be written."""
     target = Path(out).expanduser()
+    if len(os.fsencode(target.name)) > 200:
+        raise PalMMError(f"{str(target)[:60]}...: output name too long ({len(os.fsencode(target.name))} bytes; at most 200)")
     if target.exists() and not overwrite:
         hint = " (it is complete: nothing to resume)" if resume else ""
         raise PalMMError(f"{target}: output directory exists{hint} (pass --overwrite to replace it)")
@@ -391,3 +393,8 @@ def resumable_output_dir(target: Path, overwrite: bool, resume: bool, say=lambda
         raise
     shutil.rmtree(wd.checkpoints, ignore_errors=True)
     replace_dir(work, target)
+
+
+def notice(message: str) -> None:
+    """Something the user must know about (printed even with --quiet): a line on stderr."""
+    print(f"pal-mm: {message}", file=sys.stderr, flush=True)

@@ -46,7 +46,7 @@ def run(args) -> int:
     train = c.load_data(args.data, encoder)
     val = c.load_data(args.val, encoder) if args.val else None
     cache = c.make_cache(args)
-    with c.resumable_output_dir(target, args.overwrite, args.resume, say=lambda m: c.say(args, m)) as work:
+    with c.resumable_output_dir(target, args.overwrite, args.resume, say=c.notice) as work:
         model = fit(train, val, encoder, config, tc, cache=cache, metrics_path=work.directory / "metrics.jsonl",
                     checkpoint_dir=work.checkpoints, resume=work.resuming)
         model.data_info.update(train_file=str(args.data), val_file=str(args.val) if args.val else None)
