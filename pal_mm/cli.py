@@ -35,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     parser, subparsers = build_parser()
     argv = normalize_json_flag(list(sys.argv[1:] if argv is None else argv))
     try:
-        args = apply_yaml_config(parser, subparsers, argv)
+        try:
+            args = apply_yaml_config(parser, subparsers, argv)
+        except SystemExit as e:  # --help, --version, or a usage error (already printed on one line)
+            return int(e.code or 0)
         if not getattr(args, "_run", None):
             parser.print_help()
             return 2

@@ -108,3 +108,45 @@ def test_bad_inputs(synthetic_dir, trained, tmp_path, capsys):
     _bad(capsys, ["score", "--model", str(trained), "--user", "nobody", "--prompt", "1,2,3,4", "--response", "1,2,3,4,5,6,7,8"], "unknown user(s): nobody")
     _bad(capsys, ["score", "--model", str(trained), "--user", "user000", "--prompt", "1,x", "--response", "1"], "comma-separated floats")
     _bad(capsys, ["score", "--model", str(trained), "--user", "user000", "--prompt", "1,2", "--response", "1,2"], "this model takes")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--batch-size", "0"], "batch-size must be >= 1"),
+    (["--epochs", "0"], "epochs must be >= 1"),
+    (["--epochs", "abc"], "argument --epochs: expected an integer"),
+    (["--dim", "-3"], "dim must be an integer >= 1"),
+    (["--k", "0"], "k must be an integer >= 1"),
+    (["--lr-projector=-1e-3"], "lr-projector must be > 0"),
+    (["--lr-users", "nan"], "expected a finite number"),
+    (["--restarts", "0"], "restarts must be >= 1"),
+    (["--patience", "-1"], "patience must be >= 0"),
+    (["--mixed-precision", "fp8"], "invalid choice"),
+    (["--encoder-arg", "x=!!python/object/apply:os.system ['echo hi']"], "--encoder-arg x: invalid value"),
+    (["--encoder-arg", "nokey"], "expects KEY=VALUE"),
+])
+def test_bad_arguments_fail_before_any_work(synthetic_dir, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    _bad(capsys, ["train", "--data", str(synthetic_dir / "train.jsonl"), "--out", str(out), *QUICK, *extra], message, out)
+
+
+def test_bad_paths_are_one_line(synthetic_dir, trained, tmp_path, capsys):
+    data = str(synthetic_dir / "train.jsonl")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _bad(capsys, ["train", "--data", data, "--out", str(blocker / "m"), *QUICK], "cannot write there")
+    _bad(capsys, ["train", "--data", data, "--out", str(tmp_path / ("x" * 300)), *QUICK], "output name too long")
+    _bad(capsys, ["train", "--config", str(tmp_path)], "a directory, not a config file")
+    unsafe = tmp_path / "unsafe.yaml"
+    unsafe.write_text("data: !!python/object/apply:os.system ['echo pwned']\n")
+    _bad(capsys, ["train", "--config", str(unsafe)], "invalid YAML")
+    _bad(capsys, ["eval", "--model", str(trained), "--data", str(synthetic_dir / "test.jsonl"), "--json", str(blocker / "m.json")],
+         "cannot write")
+
+
+def test_version_and_help_are_cheap(capsys):
+    import subprocess
+    import sys
+
+    code = "import sys, pal_mm.cli as c; c.build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    assert main(["--version"]) == 0 and capsys.readouterr().out.startswith("pal-mm ")
