@@ -153,8 +153,12 @@ class PersonalRewardModel(HubModel, library_name="pal-mm", license="apache-2.0",
         finally:
             self.train(was)
 
-    def reward_embeddings(self, prompt_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
-        """(b, dp), (b, di) encoder outputs -> (b,) rewards; differentiable (no no_grad)."""
+    def reward_embeddings(self, prompt_emb: torch.Tensor, item_emb: torch.Tensor, user: str | None = None,
+                          weights: Sequence[float] | None = None) -> torch.Tensor:
+        """(b, dp), (b, di) encoder outputs -> (b,) rewards; differentiable (no no_grad). The mixture
+        is fixed: ``user`` / ``weights`` (the multi-user model's arguments) are refused."""
+        if user is not None or weights is not None:
+            raise PalMMError(f"this reward model was exported for {self.describe()}; it takes no other user or weights")
         self.config.check_widths(prompt_emb, item_emb)
         device, dtype = self.mixture_weights.device, self.mixture_weights.dtype
         w = self.mixture_weights[None].expand(prompt_emb.shape[0], -1)
@@ -191,9 +195,7 @@ class PersonalRewardModel(HubModel, library_name="pal-mm", license="apache-2.0",
 
     def score_pixels(self, prompts: str | Sequence[str], pixels: torch.Tensor) -> torch.Tensor:
         """Differentiable reward of images given as a (B, 3, H, W) float tensor in [0, 1];
-        gradients flow to ``pixels`` (see :func:`pal_mm.rlhf.score_pixels`)."""
-        from .rlhf import score_pixels
-
+        gradients flow to ``pixels`` (see :func:`score_pixels`)."""
         return score_pixels(self, prompts, pixels)
 
     # ----- save / load ------------------------------------------------------------------------
@@ -405,5 +407,46 @@ def load_reward_model(path: str | os.PathLike, **kwargs):
     return PALModel.from_pretrained(path, **kwargs)
 
 
-__all__ = ["PersonalRewardModel", "build_config", "encoder_reference", "export_personal_model", "is_personal_model_dir",
+# ------------------------------------------------------------------------------------------
+# Differentiable image scores
+# ------------------------------------------------------------------------------------------
+def _check_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    if not isinstance(pixels, torch.Tensor) or not pixels.is_floating_point():
+        raise PalMMError("pixels must be a float tensor (B, 3, H, W) with values in [0, 1]")
+    if pixels.ndim == 3:
+        pixels = pixels[None]
+    if pixels.ndim != 4 or pixels.shape[1] != 3:
+        raise PalMMError(f"pixels must have shape (B, 3, H, W), got {tuple(pixels.shape)}")
+    return pixels
+
+
+def score_pixels(model, prompts: str | Sequence[str], pixels: torch.Tensor, user: str | None = None,
+                 weights: Sequence[float] | None = None) -> torch.Tensor:
+    """Differentiable rewards (B,) of images ``pixels`` (B, 3, H, W) in [0, 1] for the prompt(s)
+    (one string, or one per image). ``model``: a :class:`PersonalRewardModel`, or a
+    :class:`PALModel` with ``user`` / ``weights``. The model's parameters are not trained; the
+    gradient reaches ``pixels`` (and whatever produced them)."""
+    if isinstance(model, (str, os.PathLike)):
+        model = load_reward_model(model)
+    pixels = _check_pixels(pixels)
+    n = pixels.shape[0]
+    if isinstance(prompts, str):
+        prompts = [prompts] * n
+    prompts = list(prompts)
+    if len(prompts) != n:
+        raise PalMMError(f"got {len(prompts)} prompts for {n} images")
+    enc = model.encoder
+    if enc.item_modality != "image":
+        raise PalMMError(f"encoder {enc.name!r} scores {enc.item_modality} items, not images")
+    was = model.training
+    model.eval()
+    try:
+        p = encode_values(enc, prompts, "prompt").clone()  # no gradient needed on the text side
+        x = enc.encode_pixels(pixels).float()
+        return model.reward_embeddings(p, x, user=user, weights=weights)
+    finally:
+        model.train(was)
+
+
+__all__ = ["PersonalRewardModel", "score_pixels", "build_config", "encoder_reference", "export_personal_model", "is_personal_model_dir",
            "load_reward_model", "read_export_config", "validate_config"]

@@ -22,11 +22,10 @@ import os
 from typing import Any, Sequence
 
 import torch
-from encoders.pixels import resize_center_crop_tensor  # noqa: F401  (re-exported)
 
 from .conversation import flatten_conversation, is_conversation, last_assistant_text
 from .errors import PalMMError
-from .export import PersonalRewardModel, load_reward_model
+from .export import PersonalRewardModel, load_reward_model, score_pixels
 from .mixture import check_simplex
 from .model import PALModel
 
@@ -176,57 +175,6 @@ def as_reward_function(model_or_path, user: str | None = None, weights: Sequence
 # ------------------------------------------------------------------------------------------
 # Differentiable image scores
 # ------------------------------------------------------------------------------------------
-def encode_pixels(encoder, pixels: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) float pixels in [0, 1] -> (B, item_dim) float32 image embeddings,
-    differentiable: the encoder's own ``encode_pixels`` (see ``encoders.pixels``)."""
-    if encoder.item_modality != "image":
-        raise PalMMError(f"encoder {encoder.name!r} scores {encoder.item_modality} items, not images")
-    return encoder.encode_pixels(pixels).float()
-
-
-def _check_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    if not isinstance(pixels, torch.Tensor) or not pixels.is_floating_point():
-        raise PalMMError("pixels must be a float tensor (B, 3, H, W) with values in [0, 1]")
-    if pixels.ndim == 3:
-        pixels = pixels[None]
-    if pixels.ndim != 4 or pixels.shape[1] != 3:
-        raise PalMMError(f"pixels must have shape (B, 3, H, W), got {tuple(pixels.shape)}")
-    return pixels
-
-
-def score_pixels(model, prompts: str | Sequence[str], pixels: torch.Tensor, user: str | None = None,
-                 weights: Sequence[float] | None = None) -> torch.Tensor:
-    """Differentiable rewards (B,) of images ``pixels`` (B, 3, H, W) in [0, 1] for the prompt(s)
-    (one string, or one per image). ``model``: a :class:`PersonalRewardModel`, or a
-    :class:`PALModel` with ``user`` / ``weights``. The model's parameters are not trained; the
-    gradient reaches ``pixels`` (and whatever produced them)."""
-    from .embedding import encode_values
-
-    model = _as_model(model)
-    pixels = _check_pixels(pixels)
-    n = pixels.shape[0]
-    if isinstance(prompts, str):
-        prompts = [prompts] * n
-    prompts = list(prompts)
-    if len(prompts) != n:
-        raise PalMMError(f"got {len(prompts)} prompts for {n} images")
-    enc = model.encoder
-    if enc.item_modality != "image":
-        raise PalMMError(f"encoder {enc.name!r} scores {enc.item_modality} items, not images")
-    was = model.training
-    model.eval()
-    try:
-        p = encode_values(enc, prompts, "prompt").clone()  # no gradient needed on the text side
-        x = encode_pixels(enc, pixels)
-        if isinstance(model, PersonalRewardModel):
-            if user is not None or weights is not None:
-                raise PalMMError(f"this reward model was exported for {model.describe()}; it takes no other user or weights")
-            return model.reward_embeddings(p, x)
-        return model.reward_embeddings(p, x, user=user, weights=weights)
-    finally:
-        model.train(was)
-
-
 def as_ddpo_reward_function(model_or_path, user: str | None = None, weights: Sequence[float] | None = None):
     """TRL DDPO's reward callable: ``fn(images, prompts, prompt_metadata) -> (rewards, {})`` with
     ``images`` a (B, 3, H, W) tensor in [0, 1]; rewards are a (B,) tensor (no gradient)."""
@@ -245,5 +193,4 @@ def as_ddpo_reward_function(model_or_path, user: str | None = None, weights: Seq
     return pal_ddpo_reward
 
 
-__all__ = ["RewardFunction", "as_ddpo_reward_function", "as_reward_function", "encode_pixels",
-           "resize_center_crop_tensor", "score_pixels"]
+__all__ = ["RewardFunction", "as_ddpo_reward_function", "as_reward_function", "score_pixels"]

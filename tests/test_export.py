@@ -456,12 +456,6 @@ def test_reward_function_has_trls_signature(text_model, tmp_path):
     assert max_diff(fn(prompts=conv_prompts, completions=conv_completions), rm(flat, completions)) < 1e-6
     with pytest.raises(PalMMError, match="exported for user terse"):
         as_reward_function(rm, user="verbose")
-    try:  # if TRL is installed, check the name TRL logs the reward under
-        import trl  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        assert fn.__name__ and callable(fn) and not isinstance(fn, nn.Module)
 
 
 def test_reward_function_scores_each_row_for_its_user(text_model):
