@@ -10,7 +10,7 @@ import torch
 from .data import PreferenceData
 from .embedding import EncodedPairs, encode_data
 from .model import PALModel
-from .training import pair_margins
+from .scoring import pair_margins
 
 
 def _summary(margins: torch.Tensor) -> dict:
