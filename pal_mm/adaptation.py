@@ -43,7 +43,7 @@ def fit_user_logits(model: PALModel, data: EncodedPairs, users: list[str], cfg: 
     """(n_users, K) logits minimising each user's mean loss on their pairs."""
     head = model.head
     head.eval()
-    k = model.config.k
+    k = head.state_dim
     index = {u: i for i, u in enumerate(users)}
     uidx = torch.as_tensor([index[u] for u in data.user_ids], dtype=torch.long)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -51,6 +51,10 @@ def fit_user_logits(model: PALModel, data: EncodedPairs, users: list[str], cfg: 
     logits = init.clone().requires_grad_(True)
     if not head.has_user_state:
         return logits.detach()  # no user state to fit (the single reward model)
+    with torch.no_grad():
+        inferred = head.infer_users(data.prompt, data.chosen, data.rejected, uidx, len(users))
+    if inferred is not None:  # amortised inference: no gradient steps
+        return inferred.detach().float()
     frozen = [p for p in head.parameters() if p.requires_grad]
     for p in frozen:  # really frozen: no gradients flow into the shared parts
         p.requires_grad_(False)

@@ -317,6 +317,7 @@ class _Run:
         step, optimizer, loader = accelerator.prepare(step, optimizer, loader)
         core: PALModel = accelerator.unwrap_model(step).model
         trainable = [p for p in core.parameters() if p.requires_grad]
+        core.head.prepare_training(self.train.prompt, self.train.chosen, self.train.rejected, batches.user_idx)
         best, history, start = BestEpoch(tc.patience), [], 1
         if saved is not None:
             tensors, state = saved
@@ -350,6 +351,7 @@ class _Run:
         if best.state is not None:
             _load_model_state(core, best.state)
         core = core.cpu().eval()
+        core.head.finish_training(self.train.prompt, self.train.chosen, self.train.rejected, batches.user_idx)
         if tc.fine_tunes_encoder:
             core.encoder.mark_weights_changed()  # new weights: a new fingerprint for the cache
         core.metrics = best.metrics(history)

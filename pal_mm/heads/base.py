@@ -10,7 +10,12 @@ A head maps embeddings to rewards. Notation (shapes in brackets): ``b`` batch, `
   training embeddings and saved with the model).
 * A subclass implements :meth:`build` (its modules), :meth:`reward` and :meth:`param_groups`; it may
   override :meth:`pair_rewards` (share work between the two items of a pair), :meth:`training_loss`
-  (an extra term, context sampling...) and :meth:`user_objective` (a cheap form of the new-user loss).
+  (an extra term, context sampling...), :meth:`user_objective` (a cheap form of the new-user loss),
+  :meth:`infer_users` (amortised inference of new users' rows, without gradient steps) and the
+  training hooks :meth:`prepare_training` / :meth:`finish_training`.
+* A user's row has :attr:`state_dim` numbers (K logits for simplex heads; a latent vector for heads
+  whose users are not mixtures: then :attr:`simplex_users` is False and ``weights_from_logits`` is the
+  identity).
 
 Parameter-group names map to learning rates in :func:`pal_mm.training.optimizer_groups`:
 ``projector*`` (projector rate and weight decay), ``P`` (prototypes), ``W`` (user logits),
@@ -41,6 +46,8 @@ class PreferenceHead(nn.Module):
     has_user_state: bool = True
     #: one line for ``pal-mm heads``
     description: str = ""
+    #: True when a user's row is K logits whose softmax is a point on the simplex
+    simplex_users: bool = True
 
     def __init__(self, config: PALConfig, num_users: int = 0):
         super().__init__()
@@ -54,7 +61,7 @@ class PreferenceHead(nn.Module):
             self.prompt_norm = InputNormalizer(c.prompt_dim) if c.normalize_inputs else nn.Identity()
             self.item_norm = InputNormalizer(c.item_dim) if c.normalize_inputs else nn.Identity()
             self.build(c, gen)
-            self.user_logits = nn.Parameter(torch.randn(num_users, c.k, generator=gen))
+            self.user_logits = nn.Parameter(torch.randn(num_users, self.state_dim, generator=gen))
 
     # ----- what subclasses implement ------------------------------------------------------------
     def build(self, config: PALConfig, gen: torch.Generator) -> None:
@@ -91,6 +98,11 @@ class PreferenceHead(nn.Module):
 
     # ----- users ----------------------------------------------------------------------------------
     @property
+    def state_dim(self) -> int:
+        """Numbers per user row (K for simplex heads)."""
+        return self.config.k
+
+    @property
     def num_users(self) -> int:
         return self.user_logits.shape[0]
 
@@ -121,7 +133,22 @@ class PreferenceHead(nn.Module):
 
         return objective
 
+    def infer_users(self, prompt_emb: torch.Tensor, chosen_emb: torch.Tensor, rejected_emb: torch.Tensor,
+                    user_rows: torch.Tensor, n_users: int) -> torch.Tensor | None:
+        """Amortised inference: (n_users, state_dim) rows for new users straight from their pairs, or
+        None (the default) to fit them by gradient steps on :meth:`user_objective`."""
+        return None
+
     # ----- training helpers -----------------------------------------------------------------------
+    def prepare_training(self, prompt_emb: torch.Tensor, chosen_emb: torch.Tensor, rejected_emb: torch.Tensor,
+                         user_idx: torch.Tensor) -> None:
+        """Called once before the epoch loop with the whole training set (embeddings of a frozen
+        encoder; ``user_idx`` (n,) rows of the user table): e.g. to index each user's pairs."""
+
+    def finish_training(self, prompt_emb: torch.Tensor, chosen_emb: torch.Tensor, rejected_emb: torch.Tensor,
+                        user_idx: torch.Tensor) -> None:
+        """Called once after the best state is restored, with the same arguments as :meth:`prepare_training`."""
+
     def fit_normalizers(self, prompt_emb: torch.Tensor, item_emb: torch.Tensor) -> None:
         """Fit the input standardisation on training embeddings (n, dp) and (n, di)."""
         if self.config.normalize_inputs:
