@@ -88,16 +88,24 @@ def test_pixel_helpers_and_errors():
         ImageWithoutPixels().encode_pixels(torch.rand(1, 3, 4, 4))
 
 
-def test_rlhf_uses_the_encoders_own_pixel_path():
-    """rlhf has no per-encoder code: any image encoder with encode_pixels works."""
+def test_score_pixels_uses_the_encoders_own_pixel_path():
+    """No per-encoder code in the reward side: any image encoder with encode_pixels works."""
     from encoders.base import Encoder
-    from pal_mm.rlhf import encode_pixels
+    from pal_mm import PALConfig, PALModel
+    from pal_mm.rlhf import score_pixels
 
     class Mean(Encoder):
         prompt_modality, item_modality = "text", "image"
 
+        def _encode_prompt_batch(self, prompts):
+            return torch.ones(len(prompts), 2)
+
         def encode_pixels(self, pixels):
             return pixels.mean(dim=(2, 3)).double()  # (B, 3)
 
-    out = encode_pixels(Mean(), torch.ones(2, 3, 4, 4) * 0.5)
-    assert out.dtype == torch.float32 and torch.equal(out, torch.full((2, 3), 0.5))
+    model = PALModel(PALConfig(model_type="pal-b", k=1, prompt_dim=2, item_dim=3, projector="linear"), Mean(), ["u"])
+    pixels = torch.rand(2, 3, 4, 4, requires_grad=True)
+    rewards = score_pixels(model, "a prompt", pixels, user="u")
+    assert rewards.shape == (2,) and rewards.dtype == torch.float32
+    rewards.sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
