@@ -58,11 +58,12 @@ __all__ = ["FewShotSplit", "ShotResult", "user_orders", "fewshot_split", "fewsho
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FewShotSplit:
-    """One seed's split of new users' rows: ``train[n]`` and ``test[n]`` (sorted row indices,
-    disjoint per n); ``train[m]`` is a subset of ``train[n]`` for m < n; ``users[n]`` counts the
-    users kept at n."""
+    """One seed's split of new users' rows: ``train[n]`` and ``test[n]`` (sorted indices into the
+    ``rows`` rows it was made from, disjoint per n); a user's ``train[m]`` rows are among its
+    ``train[n]`` rows for m < n; ``users[n]`` counts the users kept at n."""
 
     seed: int
+    rows: int
     test_pairs: int | None
     train: dict[int, list[int]]
     test: dict[int, list[int]]
@@ -117,7 +118,7 @@ def fewshot_split(user_ids: Sequence[str], ns: Iterable[int], seed: int, test_pa
                 te += rows[len(rows) - test_pairs:]
             kept += 1
         train[n], test[n], users[n] = sorted(tr), sorted(te), kept
-    return FewShotSplit(int(seed), None if test_pairs is None else int(test_pairs), train, test, users)
+    return FewShotSplit(int(seed), len(user_ids), None if test_pairs is None else int(test_pairs), train, test, users)
 
 
 def fewshot_splits(user_ids: Sequence[str], ns: Iterable[int], seeds: Iterable[int],
@@ -191,13 +192,20 @@ def adapt_curve(model, data, splits: Sequence[FewShotSplit], config: AdaptConfig
     elif not isinstance(data, EncodedPairs):
         raise PalMMError(f"adapt_curve needs PreferenceData or EncodedPairs, got {type(data).__name__}")
     groups = {str(u): str(g) for u, g in (groups or {}).items()}
+    wrong = sorted({s.rows for s in splits} - {len(data)})
+    if wrong:
+        raise PalMMError(f"adapt_curve: the splits were made for {wrong[0]} rows but the data has {len(data)}")
+    seeds = [s.seed for s in splits]
+    if len(set(seeds)) != len(seeds):
+        raise PalMMError(f"adapt_curve: split seeds must differ (got {seeds}); one (user, n, seed) is one new user")
     ids = [str(u) for u in data.user_ids]
     blocks = [(n, s) for n in sorted({n for s in splits for n in s.ns}) for s in splits if s.train.get(n)]
     if not blocks:
         return []
     rows = [i for n, s in blocks for i in s.train[n]]
     tags = [_tag(ids[i], n, s.seed) for n, s in blocks for i in s.train[n]]
-    work = copy.deepcopy(model)
+    encoder = getattr(model, "encoder", None)  # adapt never changes the encoder: share it instead of copying it
+    work = copy.deepcopy(model, {id(encoder): encoder} if encoder is not None else None)
     adapt(work, _take(data, rows, tags), config or AdaptConfig())
     results = []
     for n, s in blocks:

@@ -157,6 +157,19 @@ def test_curve_equals_adapt_and_evaluate_one_block_at_a_time(mixture):
             assert w == pytest.approx(one.user_weights(u), abs=1e-5)
 
 
+def test_the_model_and_its_encoder_are_left_alone(mixture):
+    model, _, new = mixture
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    users = list(model.users)
+    adapt_curve(model, new, [fewshot_split(new.user_ids, [2], seed=0)], AdaptConfig(steps=10))
+    assert model.users == users
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(PalMMError, match="seeds must differ"):
+        adapt_curve(model, new, [fewshot_split(new.user_ids, [2], seed=0)] * 2)
+    with pytest.raises(PalMMError, match="made for 10 rows"):
+        adapt_curve(model, new, [fewshot_split(new.user_ids[:10], [2], seed=0)])
+
+
 def test_no_test_pair_reaches_adapt(mixture, monkeypatch):
     model, _, new = mixture
     enc = encode_data(model.encoder, new)
