@@ -163,7 +163,7 @@ def results_markdown(out: dict, details: dict) -> str:
                      + f" | {r['learned_params']:,} | {best} |")
         L.append("")
         ns = sorted({int(n) for c in res["unseen"].values() for n in c})
-        L.append("### Unseen users (test accuracy %, mean ± std over seeds) vs pairs per user n\n")
+        L.append("### Unseen users (test accuracy %, mean ± sample std over seeds) vs pairs per user n\n")
         L.append("| method | " + " | ".join(f"n={n}" for n in ns) + " |")
         L.append("|---|" + "---|" * len(ns))
         for m, c in res["unseen"].items():
