@@ -50,7 +50,7 @@ from pal_mm.embedding import EncodedPairs, encode_data
 from pal_mm.fewshot import adapt_curve, curve_summary, fewshot_splits
 from pal_mm.splits import SPLITS, load_dataset, read_meta
 
-from ..common import Clock, add_config_args, config_path, load_config, machine, make_log, mean_std, repo_path, write_json
+from ..common import ROOT, Clock, add_config_args, config_path, load_config, machine, make_log, mean_std, repo_path, write_json
 from .probe import length_probe
 from .report import ENCODER_LABELS, acceptance, write_reports
 
@@ -291,7 +291,9 @@ def main(argv: list[str] | None = None, encoder_factory=default_encoder_factory)
            "by_encoder": {e: {"dataset": dataset_name, "encoder": e, **r} for e, r in by_encoder.items()}}
     total = time.perf_counter() - t_start
     details = {
-        "dataset": dataset_name, "dataset_kind": kind, "dataset_dir": str(data_dir), "dataset_description": desc,
+        "dataset": dataset_name, "dataset_kind": kind,
+        "dataset_dir": str(data_dir.relative_to(ROOT)) if data_dir.is_relative_to(ROOT) else str(data_dir),
+        "dataset_description": desc,
         "dataset_meta_source": read_meta(data_dir).get("source"),
         "quick": quick, "config_file": cfg_path.name, "config": cfg,
         "pairs": {s: len(pd) for s, pd in data.items()},
