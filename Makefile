@@ -24,17 +24,17 @@ test-all: setup
 	$(PY) -m pytest -q -m "slow or not slow"
 
 bench: setup
-	$(PY) experiments/bench/bench_heads.py
-	$(PY) experiments/bench/bench_encoders.py
+	$(PY) -m experiments.bench.bench_heads
+	$(PY) -m experiments.bench.bench_encoders
 
 reproduce-synthetic: setup
-	$(PY) experiments/synthetic/run.py
+	$(PY) -m experiments.synthetic.run
 
 reproduce-summary: setup
-	$(PY) experiments/summary/run.py
+	$(PY) -m experiments.summary.run
 
 reproduce-t2i: setup
-	$(PY) experiments/t2i/run.py
+	$(PY) -m experiments.t2i.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache

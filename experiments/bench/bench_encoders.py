@@ -10,7 +10,7 @@ Both sides use the same batch size and ``torch.inference_mode``; each timing is 
 ``--repeats`` runs (the cold cache is a new temporary directory every time). Writes a markdown
 table to stdout and experiments/bench/results/encoders.{md,json}.
 
-    python experiments/bench/bench_encoders.py [--texts 2000] [--images 300] [--batch-size 64]
+    python -m experiments.bench.bench_encoders [--texts 2000] [--images 300] [--batch-size 64]
 """
 
 from __future__ import annotations
@@ -29,13 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from encoders import create_encoder
+from encoders.cache import EmbeddingCache
 
-from encoders import create_encoder  # noqa: E402
-from encoders.cache import EmbeddingCache  # noqa: E402
-
-RESULTS = ROOT / "experiments" / "bench" / "results"
+RESULTS = Path(__file__).resolve().parent / "results"
 WORDS = ("the a post summary author says that his her friend wants to move city job because rent is too high "
          "and they argue about money time family work school dog cat car trip plan weekend advice question "
          "long short really never always maybe after before while new old good bad help me my you").split()

@@ -1,9 +1,9 @@
 """Head-training and adaptation speed of pal-mm, next to a minimal plain-torch loop.
 
-    python experiments/bench/bench_heads.py              # make bench (~6 min on 2 CPU cores)
-    python experiments/bench/bench_heads.py --breakdown  # + where the time goes (~15 min; results/heads.md)
-    python experiments/bench/bench_heads.py --quick --breakdown   # d = 64, 3000 pairs: ~30 s
-    python experiments/bench/bench_heads.py --dims 768 --pairs 20000 --epochs 3 --threads 2
+    python -m experiments.bench.bench_heads              # make bench (~6 min on 2 CPU cores)
+    python -m experiments.bench.bench_heads --breakdown  # + where the time goes (~15 min; results/heads.md)
+    python -m experiments.bench.bench_heads --quick --breakdown   # d = 64, 3000 pairs: ~30 s
+    python -m experiments.bench.bench_heads --dims 768 --pairs 20000 --epochs 3 --threads 2
 
 Random Gaussian embeddings (speed does not depend on the labels), ``--pairs`` training pairs from
 ``--users`` users, batch 64, PAL-B K=2 and PAL-A K=2 heads with the default ``mlp2-gelu`` projectors
@@ -36,7 +36,6 @@ import copy
 import json
 import math
 import os
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -45,26 +44,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from encoders import create_encoder
+from pal_mm.adaptation import adapt
+from pal_mm.config import AdaptConfig, PALConfig, TrainConfig
+from pal_mm.embedding import EncodedPairs
+from pal_mm.training import build_model, fit, optimizer_groups
 
-from encoders import create_encoder  # noqa: E402
-from pal_mm.adaptation import adapt  # noqa: E402
-from pal_mm.embedding import EncodedPairs  # noqa: E402
-from pal_mm.config import AdaptConfig, PALConfig, TrainConfig  # noqa: E402
-from pal_mm.training import build_model, fit, optimizer_groups  # noqa: E402
-
-
-class Clock:
-    """Wall and process-CPU seconds of a block: ``with Clock() as c: ...; c.wall, c.cpu``."""
-
-    def __enter__(self):
-        self._w, self._c = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self._w, time.process_time() - self._c
+from ..common import Clock
 
 
 def rate(pairs: int, c: Clock) -> dict:
@@ -254,7 +240,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--adapt-users", type=int, default=100)
     ap.add_argument("--adapt-pairs", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="d = 64, 3000 pairs, 1 epoch, 1 repeat (~30 s)")
-    ap.add_argument("--out", default=str(ROOT / "experiments" / "bench" / "results"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     a = ap.parse_args(argv)
     if a.quick:
         a.dims, a.pairs, a.val_pairs, a.epochs, a.repeats = [64], 3000, 500, 1, 1

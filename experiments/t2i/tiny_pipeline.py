@@ -4,7 +4,7 @@
 Its images are noise: this checks the sampling, scoring and contact-sheet path, not image quality.
 The CLIP tokenizer is rebuilt from open_clip's bundled BPE vocabulary (identical ids to CLIP's).
 
-    python experiments/t2i/tiny_pipeline.py --out /tmp/tiny-sd      # ~16 MB, a few seconds
+    python -m experiments.t2i.tiny_pipeline --out /tmp/tiny-sd      # ~16 MB, a few seconds
 """
 
 from __future__ import annotations
