@@ -201,7 +201,6 @@ def embed_rows(groups: dict[Any, list[dict]], base_dir: Path, encoder) -> dict[A
 
 
 def make_encoder(name: str):
-    import pal_mm  # noqa: F401  (import before encoders: avoids an import cycle)
     from encoders import create_encoder
 
     return create_encoder(name)

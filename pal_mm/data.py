@@ -295,20 +295,29 @@ def _resolve_image(value: str, base_dir: Path | None, where: str) -> str:
 # ------------------------------------------------------------------------------------------
 # Splits
 # ------------------------------------------------------------------------------------------
-def split_indices_per_user(user_ids: Sequence[str], n: int, seed: int) -> tuple[list[int], list[int]]:
+def user_orders(user_ids: Sequence[str], seed: int) -> dict[str, list[int]]:
+    """Each user's row indices in the seeded random order of the protocol (users sorted; one
+    ``random.Random(seed)`` shuffles each user's rows in turn)."""
     by_user: dict[str, list[int]] = defaultdict(list)
     for i, u in enumerate(user_ids):
-        by_user[u].append(i)
+        by_user[str(u)].append(i)
     rng = random.Random(seed)
-    train, test = [], []
+    orders = {}
     for u in sorted(by_user):
-        idx = by_user[u]
-        if len(idx) <= n:
-            continue
-        idx = idx[:]
-        rng.shuffle(idx)
-        train += idx[:n]
-        test += idx[n:]
+        rows = by_user[u][:]
+        rng.shuffle(rows)
+        orders[u] = rows
+    return orders
+
+
+def split_indices_per_user(user_ids: Sequence[str], n: int, seed: int) -> tuple[list[int], list[int]]:
+    """(train, test) row indices: each user's first n rows in :func:`user_orders` to train, the rest
+    to test; users with ``<= n`` rows are left out (the n-shot split of :mod:`pal_mm.fewshot`)."""
+    train, test = [], []
+    for rows in user_orders(user_ids, seed).values():
+        if len(rows) > n:
+            train += rows[:n]
+            test += rows[n:]
     return sorted(train), sorted(test)
 
 

@@ -3,8 +3,8 @@ sets, the adapt curve and its mean +- std.
 
 **Split.** For one ``seed``, every user's rows (in data order) are put in a seeded random order:
 the users are visited in sorted order and each one's rows are shuffled in turn by a single
-``random.Random(seed)`` (the draws of :func:`pal_mm.data.split_indices_per_user`, so seed 42 gives
-the few-shot files the data builders write). The order does not depend on n, so the n-shot
+``random.Random(seed)`` (:func:`pal_mm.data.user_orders`, which :func:`pal_mm.data.split_indices_per_user` uses too, so
+seed 42 gives the few-shot files the data builders write). The order does not depend on n, so the n-shot
 training set is the first n rows of it and the sets are **nested**: for the same seed the
 5-shot set contains the 2-shot set. The test pairs are either
 
@@ -39,14 +39,13 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from .config import AdaptConfig
-from .data import PreferenceData
+from .data import PreferenceData, user_orders
 from .errors import PalMMError
 
 __all__ = ["FewShotSplit", "ShotResult", "user_orders", "fewshot_split", "fewshot_splits", "fewshot_sets",
@@ -72,21 +71,6 @@ class FewShotSplit:
     @property
     def ns(self) -> list[int]:
         return sorted(self.train)
-
-
-def user_orders(user_ids: Sequence[str], seed: int) -> dict[str, list[int]]:
-    """Each user's row indices in the seeded random order of the protocol (users sorted; one
-    ``random.Random(seed)`` shuffles each user's rows in turn)."""
-    by_user: dict[str, list[int]] = defaultdict(list)
-    for i, u in enumerate(user_ids):
-        by_user[str(u)].append(i)
-    rng = random.Random(seed)
-    orders = {}
-    for u in sorted(by_user):
-        rows = by_user[u][:]
-        rng.shuffle(rows)
-        orders[u] = rows
-    return orders
 
 
 def _check_ns(ns: Iterable[int], test_pairs: int | None) -> list[int]:

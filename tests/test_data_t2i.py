@@ -17,7 +17,7 @@ from PIL import Image
 
 from data_scripts import pick_a_filter, pickapic, t2i_default
 from data_scripts.images import blue_red_balance, cool_filter, open_rgb, warm_filter
-from pal_mm.data import PreferenceData, split_rows_per_user  # noqa: I001 (pal_mm before encoders)
+from pal_mm.data import PreferenceData, split_rows_per_user
 from pal_mm.splits import dataset_variants, is_dataset_dir, load_dataset, read_meta
 from encoders import Encoder, register_encoder
 

@@ -5,7 +5,6 @@ locally (no diffusion weights exist offline) and `pal-mm score-images`, end to e
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,7 @@ from pal_mm import PALConfig, PALModel, PalMMError, PreferenceData, TrainConfig,
 from pal_mm.cli import main
 from pal_mm.generation import SHEET_NAME, contact_sheet, image_rewards, load_pipeline, rank, ranked_table, sample_images
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "t2i"))
-from tiny_pipeline import build_tiny_pipeline  # noqa: E402
+from experiments.t2i.tiny_pipeline import build_tiny_pipeline
 
 PROMPT = "a red apple on a table"
 USERS = ("u_warm", "u_cool")
