@@ -10,7 +10,8 @@ A head maps embeddings to rewards. Notation (shapes in brackets): ``b`` batch, `
   training embeddings and saved with the model).
 * A subclass implements :meth:`build` (its modules), :meth:`reward` and :meth:`param_groups`; it may
   override :meth:`pair_rewards` (share work between the two items of a pair), :meth:`training_loss`
-  (an extra term, context sampling...), :meth:`user_objective` (a cheap form of the new-user loss),
+  (an extra term, context sampling...), :meth:`user_margins` (a cheap form of new users' pair margins,
+  which :meth:`user_objective`, the new-user loss, is built on),
   :meth:`infer_users` (amortised inference of new users' rows, without gradient steps) and the
   training hooks :meth:`prepare_training` / :meth:`finish_training`.
 * A user's row has :attr:`state_dim` numbers (K logits for simplex heads; a latent vector for heads
@@ -120,16 +121,29 @@ class PreferenceHead(nn.Module):
         new = torch.cat([self.user_logits.data, logits.to(self.user_logits)], 0)
         self.user_logits = nn.Parameter(new, requires_grad=self.user_logits.requires_grad)
 
+    def user_margins(self, prompt_emb: torch.Tensor, chosen_emb: torch.Tensor, rejected_emb: torch.Tensor,
+                     user_rows: torch.Tensor, n_users: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``fn(logits (n_users, state_dim)) -> (n,)``: every pair's margin reward(chosen) - reward(rejected)
+        as a function of the new users' rows (pair i belongs to user ``user_rows[i]``), the frozen parts
+        of the head evaluated once. This direct form works for every head; heads override it with a
+        cheaper, equal form. New users' losses (:meth:`user_objective`), posteriors and online updates
+        (:mod:`pal_mm.posterior`) are built on it."""
+
+        def margins(logits: torch.Tensor) -> torch.Tensor:
+            return self.margin(prompt_emb, chosen_emb, rejected_emb, self.weights_from_logits(logits)[user_rows])
+
+        return margins
+
     def user_objective(self, prompt_emb: torch.Tensor, chosen_emb: torch.Tensor, rejected_emb: torch.Tensor,
                        user_rows: torch.Tensor, n_users: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``fn(logits (n_users, K)) -> (n_users,)``: each new user's mean loss over their pairs (pair i
-        belongs to user ``user_rows[i]``), the frozen parts of the head evaluated once. This direct
-        form works for every head; heads override it with a cheaper, equal form."""
+        """``fn(logits (n_users, K)) -> (n_users,)``: each new user's mean loss over their pairs, from
+        :meth:`user_margins` (so a head's reduced margin form makes this cheap too)."""
         counts = torch.bincount(user_rows, minlength=n_users).clamp_min(1).float()
+        margins = self.user_margins(prompt_emb, chosen_emb, rejected_emb, user_rows, n_users)
 
         def objective(logits: torch.Tensor) -> torch.Tensor:
-            m = self.margin(prompt_emb, chosen_emb, rejected_emb, self.weights_from_logits(logits)[user_rows])
-            return torch.zeros(n_users).index_add(0, user_rows, self.loss(m, reduction="none")) / counts
+            per_pair = self.loss(margins(logits), reduction="none")
+            return torch.zeros(n_users, dtype=per_pair.dtype).index_add(0, user_rows, per_pair) / counts
 
         return objective
 

@@ -4,7 +4,7 @@ K maps ``g_k`` of the prompt are the prototypes; user ``u``'s ideal point is
 ``u(p) = sum_k w_uk g_k(p)`` and an item scores ``r(x) = min(e^s, s_max) * cos(u(p), f(x))``.
 Trained with the Bradley-Terry loss; the logit scale ``s`` is learned.
 
-New users (:meth:`PALBHead.user_objective`): ``cos(u, f(x))`` needs only the K inner products
+New users (:meth:`PALBHead.user_margins`): ``cos(u, f(x))`` needs only the K inner products
 ``<g_k(p), f(x)>``, the K x K Gram matrix ``<g_k(p), g_l(p)>`` and ``|f(x)|``, so each step costs
 O(K^2) per pair instead of O(K d).
 """
@@ -82,9 +82,8 @@ class PALBHead(PreferenceHead):
         return {"logit_scale": float(self.scale().detach())}
 
     # ----- new users ---------------------------------------------------------------------------
-    def user_objective(self, prompt_emb, chosen_emb, rejected_emb, user_rows: torch.Tensor,
-                       n_users: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        counts = torch.bincount(user_rows, minlength=n_users).float()
+    def user_margins(self, prompt_emb, chosen_emb, rejected_emb, user_rows: torch.Tensor,
+                     n_users: int) -> Callable[[torch.Tensor], torch.Tensor]:
         with torch.no_grad():
             item_c = self.item_embedding(prompt_emb, chosen_emb)  # (n, d)
             item_r = self.item_embedding(prompt_emb, rejected_emb)
@@ -95,12 +94,11 @@ class PALBHead(PreferenceHead):
             norm_c, norm_r = item_c.norm(dim=-1), item_r.norm(dim=-1)
             scale = self.scale()
 
-        def objective(logits: torch.Tensor) -> torch.Tensor:
+        def margins(logits: torch.Tensor) -> torch.Tensor:
             w = self.weights_from_logits(logits)[user_rows]  # (n, K)
             norm_u = einsum(w, gram, w, "n k, n k l, n l -> n").clamp_min(0).sqrt()
             cos_c = (w * dot_c).sum(-1) / (norm_u * norm_c).clamp_min(1e-8)
             cos_r = (w * dot_r).sum(-1) / (norm_u * norm_r).clamp_min(1e-8)
-            per_pair = self.loss(scale * (cos_c - cos_r), reduction="none")
-            return torch.zeros(n_users).index_add(0, user_rows, per_pair) / counts
+            return scale * (cos_c - cos_r)
 
-        return objective
+        return margins
