@@ -44,6 +44,7 @@ from .embedding import EncodedPairs, check_modalities, encode_data
 from .errors import PalMMError
 from .finetune import token_level_loss
 from .model import PALModel
+from .prior import fit_beliefs
 from .scoring import mixture_mass, validation_metrics
 from .tracking import make_trackers
 
@@ -203,7 +204,12 @@ def fit(
     _check_run(train, val, encoder, config, tc, raw_train, raw_val)
     run = _Run(train, val, encoder, config, tc, raw_train if finetune else None, raw_val if finetune else None,
                user_groups, metrics_path, checkpoint_dir)
-    return run.fit(resume)
+    model = run.fit(resume)
+    if finetune:  # calibration, prior and posteriors need the fine-tuned encoder's embeddings
+        train = encode_data(model.encoder, raw_train)
+        val = encode_data(model.encoder, raw_val) if raw_val is not None else None
+    fit_beliefs(model, train, val)
+    return model
 
 
 def _check_run(train, val, encoder, config, tc, raw_train, raw_val) -> None:

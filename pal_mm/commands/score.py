@@ -23,7 +23,8 @@ def add_parser(sub):
     p.add_argument("--prompt", help="the prompt (comma-separated floats for the precomputed encoder; "
                                     "write --prompt=-0.1,... when it starts with '-')")
     p.add_argument("--response", action="append", default=[], help="a response (repeatable)")
-    c.add_json_flag(p, '{"rewards": [...]}')
+    c.add_json_flag(p, '{"rewards": [...], "std": [...]} (std: posterior standard deviation of each reward; '
+                       'null when the model keeps no posterior)')
     c.add_runtime_flags(p)
     return p
 
@@ -62,13 +63,14 @@ def run(args) -> int:
     if isinstance(model, PersonalRewardModel):
         if user is not None or weights is not None:
             raise PalMMError(f"{args.model}: a reward model exported for {model.describe()}; drop --user/--weights")
-        rewards = model.reward(prompt, responses)
+        rewards, std = model.reward(prompt, responses), None
     else:
         if user is None and weights is None and len(model.users) == 1:
             user = model.users[0]
         rewards = model.reward(prompt, responses, user=user, weights=weights)
+        std = model.reward_std(prompt, responses, user=user, weights=weights) if args.json is not None else None
     if args.json is not None:
-        c.emit_json(args.json, {"rewards": rewards})
+        c.emit_json(args.json, {"rewards": rewards, "std": std})
         if args.json == "-":
             return 0
     for text, r in zip(args.response, rewards):

@@ -52,7 +52,9 @@ def run(args) -> int:
         model.data_info.update(train_file=str(args.data), val_file=str(args.val) if args.val else None)
         model.write_files(work.directory)
         c.write_run_config(work.directory, args)
-    summary = ", ".join(f"{k}={v}" for k, v in model.metrics.items() if k != "restarts")
+    summary = ", ".join(f"{k}={v}" for k, v in model.metrics.items() if k not in ("restarts", "beliefs"))
+    beliefs = model.metrics.get("beliefs", {})
+    summary += "".join(f", {k}={beliefs[k]}" for k in ("inv_temperature", "prior_strength") if k in beliefs)
     if cache is not None and encoder.uses_cache:
         print(f"embeddings ({encoder.name}): {cache.summary()}")
     print(f"saved {config.model_type} K={config.k} ({len(model.users)} users, {model.num_learned_parameters():,} learned "

@@ -10,8 +10,9 @@ A head maps embeddings to rewards. Notation (shapes in brackets): ``b`` batch, `
   training embeddings and saved with the model).
 * A subclass implements :meth:`build` (its modules), :meth:`reward` and :meth:`param_groups`; it may
   override :meth:`pair_rewards` (share work between the two items of a pair), :meth:`training_loss`
-  (an extra term, context sampling...), :meth:`user_margins` (a cheap form of new users' pair margins,
-  which :meth:`user_objective`, the new-user loss, is built on),
+  (an extra term, context sampling...), :meth:`user_pair_features` / :meth:`margins_from_features` (a
+  cheap, per-pair form of new users' margins, which :meth:`user_margins` and the new-user loss
+  :meth:`user_objective` are built on),
   :meth:`infer_users` (amortised inference of new users' rows, without gradient steps) and the
   training hooks :meth:`prepare_training` / :meth:`finish_training`.
 * A user's row has :attr:`state_dim` numbers (K logits for simplex heads; a latent vector for heads
@@ -121,16 +122,33 @@ class PreferenceHead(nn.Module):
         new = torch.cat([self.user_logits.data, logits.to(self.user_logits)], 0)
         self.user_logits = nn.Parameter(new, requires_grad=self.user_logits.requires_grad)
 
+    def user_pair_features(self, prompt_emb: torch.Tensor, chosen_emb: torch.Tensor,
+                           rejected_emb: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The frozen parts of new users' pair margins, every tensor (n, ...) with one row per pair (so
+        features of different pairs can be concatenated, e.g. to extend a user's pairs online). The
+        default keeps the raw embeddings; heads override it with a cheaper reduced form (evaluated
+        once, without gradients)."""
+        return {"prompt": prompt_emb, "chosen": chosen_emb, "rejected": rejected_emb}
+
+    def margins_from_features(self, features: dict[str, torch.Tensor], logits: torch.Tensor,
+                              user_rows: torch.Tensor) -> torch.Tensor:
+        """(n,) margins reward(chosen) - reward(rejected) of the pairs in ``features`` for users'
+        rows ``logits`` (n_users, state_dim), pair i belonging to user ``user_rows[i]``; must equal
+        :meth:`margin` up to float rounding and be differentiable in ``logits``."""
+        w = self.weights_from_logits(logits)[user_rows]
+        return self.margin(features["prompt"], features["chosen"], features["rejected"], w)
+
     def user_margins(self, prompt_emb: torch.Tensor, chosen_emb: torch.Tensor, rejected_emb: torch.Tensor,
                      user_rows: torch.Tensor, n_users: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``fn(logits (n_users, state_dim)) -> (n,)``: every pair's margin reward(chosen) - reward(rejected)
-        as a function of the new users' rows (pair i belongs to user ``user_rows[i]``), the frozen parts
-        of the head evaluated once. This direct form works for every head; heads override it with a
-        cheaper, equal form. New users' losses (:meth:`user_objective`), posteriors and online updates
-        (:mod:`pal_mm.posterior`) are built on it."""
+        """``fn(logits (n_users, state_dim)) -> (n,)``: every pair's margin as a function of the new
+        users' rows (pair i belongs to user ``user_rows[i]``), the frozen parts evaluated once
+        (:meth:`user_pair_features`, :meth:`margins_from_features`). New users' losses
+        (:meth:`user_objective`), posteriors and online updates (:mod:`pal_mm.posterior`) build on it."""
+        with torch.no_grad():
+            features = self.user_pair_features(prompt_emb, chosen_emb, rejected_emb)
 
         def margins(logits: torch.Tensor) -> torch.Tensor:
-            return self.margin(prompt_emb, chosen_emb, rejected_emb, self.weights_from_logits(logits)[user_rows])
+            return self.margins_from_features(features, logits, user_rows)
 
         return margins
 

@@ -5,13 +5,11 @@ point is ``a_u = f(w_u^T P)`` and an item scores ``r(x) = -|| f(x) - a_u ||_2`` 
 Trained with a hinge loss on the margin. With ``pal_a_use_prompt`` (default) the item input is
 ``[prompt ; item]`` (the paper encodes prompt and response together).
 
-New users (:meth:`PALAHead.user_margins`): ``|f(x) - a|^2 = |f(x)|^2 - 2 f(x).a + |a|^2`` with ``a``
+New users (:meth:`PALAHead.user_pair_features`): ``|f(x) - a|^2 = |f(x)|^2 - 2 f(x).a + |a|^2`` with ``a``
 computed once per user and ``f(x)`` once per item.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 from einops import einsum
@@ -65,19 +63,15 @@ class PALAHead(PreferenceHead):
         return {"projector_f": list(self.f.parameters()), "W": [self.user_logits], "P": [self.P]}
 
     # ----- new users ---------------------------------------------------------------------------
-    def user_margins(self, prompt_emb, chosen_emb, rejected_emb, user_rows: torch.Tensor,
-                     n_users: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        with torch.no_grad():
-            item_c = self.item_embedding(prompt_emb, chosen_emb)  # (n, d)
-            item_r = self.item_embedding(prompt_emb, rejected_emb)
-            sq_c, sq_r = item_c.pow(2).sum(-1), item_r.pow(2).sum(-1)
+    def user_pair_features(self, prompt_emb, chosen_emb, rejected_emb) -> dict[str, torch.Tensor]:
+        item_c = self.item_embedding(prompt_emb, chosen_emb)  # (n, d)
+        item_r = self.item_embedding(prompt_emb, rejected_emb)
+        return {"item_c": item_c, "item_r": item_r, "sq_c": item_c.pow(2).sum(-1), "sq_r": item_r.pow(2).sum(-1)}
 
-        def margins(logits: torch.Tensor) -> torch.Tensor:
-            ideal = self.ideal_point(None, self.weights_from_logits(logits))  # (n_users, d): once per user
-            a = ideal[user_rows]
-            aa = a.pow(2).sum(-1)
-            dist_c = (sq_c - 2 * einsum(item_c, a, "n d, n d -> n") + aa).clamp_min(1e-12).sqrt()
-            dist_r = (sq_r - 2 * einsum(item_r, a, "n d, n d -> n") + aa).clamp_min(1e-12).sqrt()
-            return dist_r - dist_c  # margin = r(chosen) - r(rejected) = -d_c + d_r
-
-        return margins
+    def margins_from_features(self, features, logits: torch.Tensor, user_rows: torch.Tensor) -> torch.Tensor:
+        ideal = self.ideal_point(None, self.weights_from_logits(logits))  # (n_users, d): once per user
+        a = ideal[user_rows]
+        aa = a.pow(2).sum(-1)
+        dist_c = (features["sq_c"] - 2 * einsum(features["item_c"], a, "n d, n d -> n") + aa).clamp_min(1e-12).sqrt()
+        dist_r = (features["sq_r"] - 2 * einsum(features["item_r"], a, "n d, n d -> n") + aa).clamp_min(1e-12).sqrt()
+        return dist_r - dist_c  # margin = r(chosen) - r(rejected) = -d_c + d_r

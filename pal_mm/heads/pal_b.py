@@ -4,14 +4,12 @@ K maps ``g_k`` of the prompt are the prototypes; user ``u``'s ideal point is
 ``u(p) = sum_k w_uk g_k(p)`` and an item scores ``r(x) = min(e^s, s_max) * cos(u(p), f(x))``.
 Trained with the Bradley-Terry loss; the logit scale ``s`` is learned.
 
-New users (:meth:`PALBHead.user_margins`): ``cos(u, f(x))`` needs only the K inner products
+New users (:meth:`PALBHead.user_pair_features`): ``cos(u, f(x))`` needs only the K inner products
 ``<g_k(p), f(x)>``, the K x K Gram matrix ``<g_k(p), g_l(p)>`` and ``|f(x)|``, so each step costs
 O(K^2) per pair instead of O(K d).
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -82,23 +80,18 @@ class PALBHead(PreferenceHead):
         return {"logit_scale": float(self.scale().detach())}
 
     # ----- new users ---------------------------------------------------------------------------
-    def user_margins(self, prompt_emb, chosen_emb, rejected_emb, user_rows: torch.Tensor,
-                     n_users: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        with torch.no_grad():
-            item_c = self.item_embedding(prompt_emb, chosen_emb)  # (n, d)
-            item_r = self.item_embedding(prompt_emb, rejected_emb)
-            protos = self.prototypes(prompt_emb)  # (n, K, d)
-            dot_c = einsum(protos, item_c, "n k d, n d -> n k")
-            dot_r = einsum(protos, item_r, "n k d, n d -> n k")
-            gram = einsum(protos, protos, "n k d, n l d -> n k l")
-            norm_c, norm_r = item_c.norm(dim=-1), item_r.norm(dim=-1)
-            scale = self.scale()
+    def user_pair_features(self, prompt_emb, chosen_emb, rejected_emb) -> dict[str, torch.Tensor]:
+        n = chosen_emb.shape[0]
+        items = self.item_embedding(None, torch.cat([chosen_emb, rejected_emb]))  # (2n, d): f once for both items
+        item_c, item_r = items[:n], items[n:]
+        protos = self.prototypes(prompt_emb)  # (n, K, d)
+        return {"dot_c": einsum(protos, item_c, "n k d, n d -> n k"), "dot_r": einsum(protos, item_r, "n k d, n d -> n k"),
+                "gram": einsum(protos, protos, "n k d, n l d -> n k l"), "norm_c": item_c.norm(dim=-1),
+                "norm_r": item_r.norm(dim=-1)}
 
-        def margins(logits: torch.Tensor) -> torch.Tensor:
-            w = self.weights_from_logits(logits)[user_rows]  # (n, K)
-            norm_u = einsum(w, gram, w, "n k, n k l, n l -> n").clamp_min(0).sqrt()
-            cos_c = (w * dot_c).sum(-1) / (norm_u * norm_c).clamp_min(1e-8)
-            cos_r = (w * dot_r).sum(-1) / (norm_u * norm_r).clamp_min(1e-8)
-            return scale * (cos_c - cos_r)
-
-        return margins
+    def margins_from_features(self, features, logits: torch.Tensor, user_rows: torch.Tensor) -> torch.Tensor:
+        w = self.weights_from_logits(logits)[user_rows]  # (n, K)
+        norm_u = einsum(w, features["gram"], w, "n k, n k l, n l -> n").clamp_min(0).sqrt()
+        cos_c = (w * features["dot_c"]).sum(-1) / (norm_u * features["norm_c"]).clamp_min(1e-8)
+        cos_r = (w * features["dot_r"]).sum(-1) / (norm_u * features["norm_r"]).clamp_min(1e-8)
+        return self.scale().detach() * (cos_c - cos_r)
