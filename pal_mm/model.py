@@ -47,6 +47,14 @@ class PALModel(HubModel, library_name="pal-mm", license="apache-2.0", repo_url="
         self._online: dict[int, OnlineUser] = {}  # update_user sessions (in memory only)
 
     # ----- users ----------------------------------------------------------------------------
+    def _position(self, user: str) -> int | None:
+        """Row of one user id (None when unknown), from an index rebuilt when the user table grows."""
+        cached = getattr(self, "_positions", None)
+        if cached is None or cached[0] != len(self.users):
+            cached = (len(self.users), {u: i for i, u in enumerate(self.users)})
+            self._positions = cached
+        return cached[1].get(user)
+
     def user_index(self, user_ids: Sequence[str]) -> torch.Tensor:
         """Map user ids to rows of the user table; unknown ids are a clear error."""
         index = {u: i for i, u in enumerate(self.users)}
@@ -216,12 +224,13 @@ class PALModel(HubModel, library_name="pal-mm", license="apache-2.0", repo_url="
         if not self.has_posterior:
             raise PalMMError("update_user needs a model with a prior over users (train it with this pal-mm version)")
         user = str(user)
-        if user not in set(self.users):
+        i = self._position(user)
+        if i is None:
             mean = self.beliefs.prior()[0]
             basis = user_basis(self.head.state_dim, self.head.simplex_users)
             self.add_users([user], (mean[None] @ basis.T).to(self.head.user_logits))
+            i = len(self.users) - 1
         dev = self.head.user_logits.device
-        i = self.users.index(user)
         self._online[i] = update_user(self.head, self.beliefs, i, prompt_emb.to(dev), chosen_emb.to(dev), rejected_emb.to(dev),
                                       self._online.get(i))
         return self.head.user_weights(torch.tensor([i], device=dev))[0].tolist()

@@ -80,12 +80,13 @@ class UserBeliefs:
 
     # ----- storage: tensors in model.safetensors, a summary in config.json ----------------------
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {"beliefs.inv_temperature": torch.tensor([float(self.inv_temperature)]),
-               "beliefs.strength": torch.tensor([float(self.strength)])}
+        out = {"beliefs.inv_temperature": torch.tensor([float(self.inv_temperature)], dtype=torch.float64),
+               "beliefs.strength": torch.tensor([float(self.strength)], dtype=torch.float64)}  # exact scalars
         if self.has_prior:
-            out.update({"beliefs.prior_mean": self.prior_mean, "beliefs.prior_precision": self.prior_precision,
-                        "beliefs.precision": self.precision})
-        return {k: v.detach().float().cpu().contiguous() for k, v in out.items()}
+            out.update({k: v.detach().float() for k, v in (("beliefs.prior_mean", self.prior_mean),
+                                                           ("beliefs.prior_precision", self.prior_precision),
+                                                           ("beliefs.precision", self.precision))})
+        return {k: v.cpu().contiguous() for k, v in out.items()}
 
     def summary(self) -> dict:
         """What config.json records (the tensors are the source of truth)."""
@@ -95,7 +96,7 @@ class UserBeliefs:
     @staticmethod
     def expected(summary: dict, n_users: int) -> dict[str, torch.Tensor]:
         """Empty tensors with the names and shapes a saved ``summary`` implies (for load checks)."""
-        out = {"beliefs.inv_temperature": torch.zeros(1), "beliefs.strength": torch.zeros(1)}
+        out = {"beliefs.inv_temperature": torch.zeros(1, dtype=torch.float64), "beliefs.strength": torch.zeros(1, dtype=torch.float64)}
         if summary.get("prior"):
             s = int(summary.get("state_coordinates", 0))
             out.update({"beliefs.prior_mean": torch.zeros(s), "beliefs.prior_precision": torch.zeros(s, s),
@@ -334,17 +335,16 @@ class OnlineUser:
 
 
 def update_user(head, beliefs: UserBeliefs, user: int, prompt: torch.Tensor, chosen: torch.Tensor,
-                rejected: torch.Tensor, state: OnlineUser | None = None, max_step: float = 1.0) -> OnlineUser:
+                rejected: torch.Tensor, state: OnlineUser | None = None, max_step: float = 3.0) -> OnlineUser:
     """Refine known user ``user``'s row and posterior precision (in place) from one new pair (1, dp) /
     (1, di) / (1, di) and return the online state.
 
     The objective is the session's starting Gaussian (the user's posterior when the session began:
-    the prior for a new user) plus ALL pairs added since, in the head's reduced form. One Newton step
-    from the current row (the optimum before this pair): the exact gradient of the whole objective
-    and the new pair's Jacobian from ONE forward / backward pass, the curvature = the stored
-    precision plus the new pair's Gauss-Newton term. The gradient is exact, so the row tracks the
-    MAP that :func:`~pal_mm.adaptation.adapt` finds on the same pairs; a step longer than
-    ``max_step`` (a surprising pair) is replaced by a full solve (:func:`fit_map`)."""
+    the prior for a new user) plus ALL pairs added since, in the head's reduced form. One Gauss-Newton
+    step from the current row (the optimum before this pair), from one forward / backward pass
+    (:func:`_newton_step`), so the row tracks the MAP that :func:`~pal_mm.adaptation.adapt` finds on
+    the same pairs; a step longer than ``max_step`` (a surprising pair) is replaced by a full solve
+    (:func:`fit_map`)."""
     basis = user_basis(head.state_dim, head.simplex_users).to(head.user_logits)
     z0 = head.user_logits.detach()[user][None] @ basis
     if state is None or (state.pairs is not None and len(state.pairs) >= OnlineUser.MAX_PAIRS):
@@ -352,9 +352,11 @@ def update_user(head, beliefs: UserBeliefs, user: int, prompt: torch.Tensor, cho
     new = UserPairs.of(head, prompt, chosen, rejected, torch.zeros(prompt.shape[0], dtype=torch.long, device=prompt.device), 1)
     state.pairs = new if state.pairs is None else state.pairs.extend(new)
     a = beliefs.inv_temperature
-    step, h = _newton_step(state.pairs, basis, a, state.mean.to(z0), state.precision.to(z0), beliefs.precision[user].to(z0), z0)
+    mean, base = state.mean.to(z0), state.precision.to(z0)
+    step, h, f0_slope = _newton_step(state.pairs, basis, a, mean, base, beliefs.precision[user].to(z0), z0)
     if bool(torch.isfinite(step).all()) and float(step.abs().max()) <= max_step:
-        z = z0 - step.float()[None]
+        t = _step_length(state.pairs, basis, a, mean, base, z0, step, f0_slope) if float(step.abs().max()) > 0.05 else 1.0
+        z = z0 - t * step.float()[None]
     else:
         z, h = fit_map(state.pairs, basis, a, state.mean[None].to(z0), state.precision[None].to(z0), start=z0)
         h = h[0]
@@ -365,21 +367,44 @@ def update_user(head, beliefs: UserBeliefs, user: int, prompt: torch.Tensor, cho
 
 
 def _newton_step(pairs: UserPairs, basis: torch.Tensor, a: float, mean: torch.Tensor, base: torch.Tensor,
-                 current: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(step (S,), new precision (S, S)) of one user at ``z`` (1, S): the gradient of
-    ``(z - mean)^T base (z - mean) / 2 + sum_i softplus(-a m_i)`` over all ``pairs`` (the newest last)
-    and the curvature ``current`` + the newest pair's Gauss-Newton term. The newest pair gets its own
-    row of coordinates, so one backward pass gives both the total gradient and its Jacobian."""
+                 current: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float]]:
+    """(step (S,), precision (S, S), (objective, gradient . step)) of one user at ``z`` (1, S) for the objective
+    ``(z - mean)^T base (z - mean) / 2 + sum_i softplus(-a m_i)`` over all ``pairs`` (the newest last),
+    from ONE forward / backward pass. Up to ``UserPairs.PER_PAIR_MAX`` pairs every pair gets its own row
+    of coordinates, so the pass yields each pair's gradient, hence its Jacobian (dividing by
+    d softplus(-a m)/dm = -a sigmoid(-a m), never 0): an exact Gauss-Newton step. With more pairs the
+    older pairs share a row and their curvature is taken from ``current`` (the stored precision)."""
     n = len(pairs)
-    rows = torch.zeros(n, dtype=torch.long, device=z.device)
-    rows[-1] = 1
+    exact = n <= UserPairs.PER_PAIR_MAX
+    rows = torch.arange(n, device=z.device) if exact else (torch.arange(n, device=z.device) == n - 1).long()
     with torch.enable_grad():
-        zz = z.detach().expand(2, -1).clone().requires_grad_(True)
+        zz = z.detach().expand(n if exact else 2, -1).clone().requires_grad_(True)
         m = pairs.head.margins_from_features(pairs.features, zz @ basis.T, rows)
         (grad,) = torch.autograd.grad(F.softplus(-a * m).sum(), zz)
-    grad, last = grad.double(), m[-1].detach().double()
-    jac = grad[1] / (-a * torch.sigmoid(-a * last))  # d softplus(-a m)/dm = -a sigmoid(-a m), never 0
-    s = torch.sigmoid(a * last)
-    h = current.double() + (a * a * s * (1 - s)) * torch.outer(jac, jac)
-    g = grad.sum(0) + base.double() @ (z[0].double() - mean.double())
-    return torch.linalg.solve(h, g), h
+    grad, m = grad.double(), m.detach().double()
+    s = torch.sigmoid(a * m)
+    if exact:
+        jac = grad / (-a * (1 - s))[:, None]
+        h = base.double() + ((a * a * s * (1 - s))[:, None] * jac).T @ jac
+    else:
+        jac = grad[1] / (-a * (1 - s[-1]))
+        h = current.double() + (a * a * s[-1] * (1 - s[-1])) * torch.outer(jac, jac)
+    d = z[0].double() - mean.double()
+    g = grad.sum(0) + base.double() @ d
+    f0 = F.softplus(-a * m).sum() + 0.5 * d @ base.double() @ d
+    step = torch.linalg.solve(h, g)
+    return step, h, (float(f0), float(g @ step))
+
+
+def _step_length(pairs: UserPairs, basis, a: float, mean, base, z, step, f0_slope) -> float:
+    """The length t of the step ``z - t step`` at the minimum of the parabola through f(0), f'(0) and
+    f(1) along it (one more forward pass), kept in [0.05, 1.5]. The Gauss-Newton matrix can under- or
+    over-estimate the curvature (the margins are not linear in z): this keeps online steps from
+    overshooting or lagging."""
+    f0, slope = f0_slope  # f(z - t step) ~ f0 - slope t + c t^2
+    trial = z - step.float()[None]
+    with torch.no_grad():
+        m1 = pairs.head.margins_from_features(pairs.features, trial @ basis.T, torch.zeros_like(pairs.rows)).double()
+    d1 = trial[0].double() - mean.double()
+    c = float(F.softplus(-a * m1).sum() + 0.5 * d1 @ base.double() @ d1) - f0 + slope
+    return min(max(slope / (2 * c), 0.05), 1.5) if c > 0 and slope > 0 else 1.0

@@ -107,8 +107,13 @@ def test_reward_api(pal_b, data):
     assert len(r) == 2
     w = pal_b.user_weights(t.user_ids[0])
     assert pal_b.reward(t.prompts[0], [t.chosen[0]], weights=w)[0] == pytest.approx(r[0], rel=1e-5)
+    # explicit weights: the calibrated sigmoid(a * margin); a known user: averaged over the posterior,
+    # so between 0.5 and the point estimate
+    a = pal_b.beliefs.inv_temperature
+    point = pal_b.predict_preference([t.prompts[0]], [t.chosen[0]], [t.rejected[0]], weights=w)[0]
+    assert point == pytest.approx(torch.sigmoid(torch.tensor(a * (r[0] - r[1]))).item(), rel=1e-5)
     p = pal_b.predict_preference([t.prompts[0]], [t.chosen[0]], [t.rejected[0]], user=t.user_ids[0])[0]
-    assert p == pytest.approx(torch.sigmoid(torch.tensor(r[0] - r[1])).item(), rel=1e-5)
+    assert min(0.5, point) - 1e-9 <= p <= max(0.5, point) + 1e-9
     with pytest.raises(PalMMError, match="unknown user"):
         pal_b.reward(t.prompts[0], [t.chosen[0]], user="nobody")
     with pytest.raises(PalMMError, match="simplex"):
