@@ -10,10 +10,11 @@ Gram matrix per pair; PAL-A: expanded distances), equal to the direct form up to
 (tested). Two fits, neither with model selection (no held-out or test data is touched):
 
 * **with the prior** (the default, for models trained with one: :mod:`pal_mm.prior`): the MAP
-  under the Gaussian prior learned from the seen users, with the calibrated Bradley-Terry
-  likelihood, by Gauss-Newton steps to convergence; every new user also gets a Laplace posterior
-  (:mod:`pal_mm.posterior`). With no pairs the answer is the prior mean (the population's typical
-  user); the prior's strength was chosen on the seen users' validation pairs.
+  under the prior learned from the seen users (a Gaussian mixture over users' rows), with the
+  calibrated Bradley-Terry likelihood, by Gauss-Newton steps to convergence: one Laplace posterior
+  per prior component, weighted by its evidence and collapsed into one Gaussian, whose mean is the
+  user's row (:mod:`pal_mm.posterior`). With no pairs the answer is the prior's mean (the population's
+  typical user); the prior's strength was chosen on the seen users' validation pairs.
 * **plain** (``AdaptConfig(prior=False)``, or a model without a prior): a fixed number of Adam steps
   on each user's mean training loss (``head.user_objective``), from zero (uniform) or random logits.
 """
@@ -28,7 +29,8 @@ from .embedding import EncodedPairs, encode_data
 from .errors import PalMMError
 from .heads.base import PreferenceHead
 from .model import PALModel
-from .posterior import UserPairs, fit_map, laplace_precision, user_basis
+from .beliefs import user_basis
+from .posterior import UserPairs, laplace_precision, posterior_mixture
 
 
 def adapt(model: PALModel, data: PreferenceData | EncodedPairs, config: AdaptConfig | None = None,
@@ -61,17 +63,17 @@ def _rows(data: EncodedPairs, users: list[str], device) -> torch.Tensor:
 
 def fit_user_posterior(model: PALModel, data: EncodedPairs, users: list[str],
                        cfg: AdaptConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n_users, K) MAP logits under the model's prior and (n_users, S, S) Laplace precisions."""
+    """(n_users, K) logits and (n_users, S, S) precisions of the new users' posteriors under the model's
+    prior (one Laplace posterior per prior component, weighted by its evidence, collapsed)."""
     head = model.head
     head.eval()
     dev = head.user_logits.device
     basis = user_basis(head.state_dim, head.simplex_users).to(dev)
-    mean, prec = model.beliefs.prior(cfg.prior_strength)
+    logw, means, prec = model.beliefs.prior(cfg.prior_strength)
     pairs = UserPairs.of(head, data.prompt.to(dev), data.chosen.to(dev), data.rejected.to(dev), _rows(data, users, dev),
                          len(users))
-    z, h = fit_map(pairs, basis, model.beliefs.inv_temperature, mean.to(dev).expand(len(users), -1),
-                   prec.to(dev).expand(len(users), -1, -1))
-    return (z @ basis.T).detach().cpu(), h.cpu()
+    z, h, _ = posterior_mixture(pairs, basis, model.beliefs.inv_temperature, logw, means, prec)
+    return (z @ basis.T).detach().cpu(), h.float().cpu()
 
 
 def prior_laplace_precision(model: PALModel, data: EncodedPairs, users: list[str], logits: torch.Tensor) -> torch.Tensor:
@@ -81,7 +83,7 @@ def prior_laplace_precision(model: PALModel, data: EncodedPairs, users: list[str
     basis = user_basis(head.state_dim, head.simplex_users).to(dev)
     pairs = UserPairs.of(head, data.prompt.to(dev), data.chosen.to(dev), data.rejected.to(dev), _rows(data, users, dev),
                          len(users))
-    prior = model.beliefs.prior()[1].to(dev).expand(len(users), -1, -1)
+    prior = model.beliefs.collapsed_prior()[1].to(dev).expand(len(users), -1, -1)
     return laplace_precision(pairs, logits.to(dev) @ basis, basis, model.beliefs.inv_temperature, prior).cpu()
 
 

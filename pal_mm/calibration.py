@@ -60,16 +60,19 @@ def brier(p: Sequence[float]) -> float:
 
 
 def fit_inv_temperature(margins: Sequence[float], lo: float = 1e-2, hi: float = 1e2) -> float:
-    """The ``a`` in [lo, hi] minimising the log loss ``sum softplus(-a m)`` of margins ``m``: the loss is
-    convex in a, so its derivative ``-sum m sigmoid(-a m)`` is bisected (on log a). 1.0 without
+    """The ``a`` in [lo, hi] minimising the log loss of ``P(chosen) = sigmoid(a m)`` on margins ``m``
+    with Platt's targets: the outcome "chosen" counts as ``(N + 1) / (N + 2)`` (N: the decided pairs),
+    so that perfectly separated validation pairs give a finite ``a`` instead of an infinite one. The
+    loss is convex in a; its derivative ``-sum m (t - sigmoid(a m))`` is bisected on log a. 1.0 without
     decided pairs."""
     m = np.asarray(margins, dtype=np.float64).ravel()
     m = m[m != 0]
     if not m.size:
         return 1.0
+    target = (m.size + 1) / (m.size + 2)
 
     def slope(a: float) -> float:
-        return float(-np.sum(m / (1 + np.exp(np.clip(a * m, -500, 500)))))
+        return float(-np.sum(m * (target - 1 / (1 + np.exp(-np.clip(a * m, -500, 500))))))
 
     if slope(hi) <= 0:
         return hi

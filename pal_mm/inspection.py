@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from .posterior import covariance, user_basis
+from .beliefs import user_basis
+from .posterior import covariance
 
 TRAINING_KEYS = ("val_loss", "val_accuracy", "best_epoch", "epochs_run", "restarts", "selected_k")
 
@@ -45,10 +46,15 @@ def describe(model) -> dict[str, Any]:
     out["calibration"] = {"inv_temperature": round(b.inv_temperature, 6)} if b is not None else None
     if b is not None and b.has_prior:
         basis = user_basis(head.state_dim, head.simplex_users)
-        mean = b.prior_mean[None] @ basis.T
-        w = head.weights_from_logits(mean)[0] if head.simplex_users else mean[0]
-        out["prior"] = {"strength": b.strength, "mean_weights": _r(w),
-                        "std_coordinates": _r(torch.diagonal(covariance(b.prior()[1])).sqrt())}
+
+        def weights(z):
+            return head.weights_from_logits(z @ basis.T) if head.simplex_users else z @ basis.T
+
+        logw, means, prec = b.prior()
+        out["prior"] = {"strength": b.strength, "mean_weights": _r(weights(b.collapsed_prior()[0][None])[0]),
+                        "components": [{"weight": round(float(lw.exp()), 6), "mean_weights": _r(w)}
+                                       for lw, w in zip(logw, weights(means))],
+                        "std_coordinates": _r(torch.diagonal(covariance(prec)).sqrt())}
     else:
         out["prior"] = None
     out["data"] = dict(model.data_info)
@@ -67,7 +73,9 @@ def text_report(info: dict, max_users: int = 50) -> str:
                      + "; users mostly on each: " + ", ".join(map(str, usage["users_dominated"])))
     if info.get("prior"):
         p = info["prior"]
-        lines.append(f"prior over new users: mean weights {p['mean_weights']}, strength {p['strength']}")
+        lines.append(f"prior over new users: mean weights {p['mean_weights']}, strength {p['strength']}, "
+                     f"{len(p['components'])} component(s): "
+                     + "; ".join(f"{c['weight']:.2f} x {c['mean_weights']}" for c in p["components"]))
     if info.get("calibration"):
         lines.append(f"calibration: P(chosen preferred) = sigmoid({info['calibration']['inv_temperature']:.4f} x margin)")
     for key, value in info.get("data", {}).items():

@@ -22,8 +22,9 @@ from .heads import create_head
 from .hub import (ENCODER_WEIGHTS_NAME, USERS_NAME, WEIGHTS_NAME, HubModel, encoder_from_reference, load_tensors,
                   read_config, read_users, strict_dumps, tensors_bytes, verify_files, write_model_files)
 from .mixture import check_simplex
-from .posterior import (OnlineUser, UserBeliefs, covariance, pair_probabilities, reward_std, update_user, user_basis,
-                        weight_covariance)
+from .beliefs import UserBeliefs, user_basis
+from .online import OnlineUser, update_user
+from .posterior import covariance, pair_probabilities, reward_std, weight_covariance
 from .version import __version__
 
 FORMAT = "pal-model"
@@ -75,7 +76,7 @@ class PALModel(HubModel, library_name="pal-mm", license="apache-2.0", repo_url="
         b = self.beliefs
         if b is not None and b.has_prior:
             if precision is None:
-                precision = b.prior()[1].expand(len(user_ids), -1, -1)
+                precision = b.collapsed_prior()[1].expand(len(user_ids), -1, -1)
             b.precision = torch.cat([b.precision, precision.detach().to(b.precision)])
         self.head.append_users(logits)
         self.users += list(user_ids)
@@ -210,7 +211,7 @@ class PALModel(HubModel, library_name="pal-mm", license="apache-2.0", repo_url="
     def update_user(self, user: str, prompt: Any, chosen: Any, rejected: Any) -> list[float]:
         """Refine one user's weights from one new comparison (a new user starts from the prior) and
         return the new simplex weights. Online: warm-started on the head's reduced form, with the
-        user's current posterior as the prior (:func:`pal_mm.posterior.update_user`)."""
+        user's current posterior as the prior (:mod:`pal_mm.online`)."""
         from .embedding import encode_values
 
         self.eval()
@@ -225,12 +226,13 @@ class PALModel(HubModel, library_name="pal-mm", license="apache-2.0", repo_url="
             raise PalMMError("update_user needs a model with a prior over users (train it with this pal-mm version)")
         user = str(user)
         i = self._position(user)
-        if i is None:
-            mean = self.beliefs.prior()[0]
+        dev = self.head.user_logits.device
+        if i is None:  # a new user: the session starts from the prior (all its components)
+            mean = self.beliefs.collapsed_prior()[0]
             basis = user_basis(self.head.state_dim, self.head.simplex_users)
             self.add_users([user], (mean[None] @ basis.T).to(self.head.user_logits))
             i = len(self.users) - 1
-        dev = self.head.user_logits.device
+            self._online[i] = OnlineUser.from_prior(self.beliefs, dev)
         self._online[i] = update_user(self.head, self.beliefs, i, prompt_emb.to(dev), chosen_emb.to(dev), rejected_emb.to(dev),
                                       self._online.get(i))
         return self.head.user_weights(torch.tensor([i], device=dev))[0].tolist()

@@ -1,120 +1,28 @@
-"""What the model believes about each user: a Gaussian over the user's row, a calibrated likelihood,
-and the maths built on them (MAP fits, Laplace posteriors, predictive probabilities, online updates).
+"""The maths of users' posteriors: MAP fits under a Gaussian (mixture) prior, Laplace posteriors,
+predictive probabilities (:mod:`pal_mm.beliefs` holds what is saved; :mod:`pal_mm.online` updates one user
+at a time).
 
-**Coordinates.** A simplex user's K logits matter only up to a common shift (softmax is shift
-invariant), so beliefs live in the S = K - 1 coordinates ``z = B^T W`` of the sum-zero subspace
-(``B``, (K, S): an orthonormal Helmert basis, :func:`user_basis`); ``W = B z`` gives the logits back.
-Heads whose users are not mixtures (``simplex_users`` False) use S = state_dim and ``B = I``.
-
-**Likelihood.** A pair's margin ``m = r(chosen) - r(rejected)`` (``head.user_margins``, the head's
-reduced form) gives ``P(chosen preferred) = sigmoid(a m)``, ``a`` an inverse temperature fitted on the
-seen users' validation pairs at training time (:mod:`pal_mm.prior`). For a Bradley-Terry head with
-``a = 1`` this is exactly its training loss; for a hinge head (PAL-A) it turns margins into
-probabilities.
-
-**Prior and posterior.** ``z ~ N(mu, P^-1)`` (P: precision), learned from the seen users' rows
-(:mod:`pal_mm.prior`). :func:`fit_map` finds each user's MAP ``z`` (Gauss-Newton with a per-user
+A pair's margin ``m = r(chosen) - r(rejected)`` comes from the head's reduced form
+(:class:`UserPairs`) and gives ``P(chosen preferred) = sigmoid(a m)``. :func:`fit_map` finds users'
+MAP coordinates ``z`` under Gaussian priors ``N(mu, P^-1)`` (Gauss-Newton with a per-user
 backtracking line search; users are independent, so many are fitted in one batched call) and the
 Laplace precision at it, ``H = P + sum_i a^2 s_i (1 - s_i) J_i J_i^T`` (``s_i = sigmoid(a m_i)``,
-``J_i = dm_i/dz``: the generalised Gauss-Newton matrix, positive definite). :func:`predictive`
-averages the likelihood over the posterior with the linearised margin
-``m ~ N(m_hat, J H^-1 J^T)`` and the probit approximation
-``P = sigmoid(a m_hat / sqrt(1 + pi a^2 v / 8))``. An online update (:func:`fit_map` with the
-current posterior as the prior and the one new pair) is the same maths.
+``J_i = dm_i/dz``: the generalised Gauss-Newton matrix, positive definite). Under a mixture prior
+(:func:`posterior_mixture`) each component gives a Laplace posterior and its evidence
+``log pi_c - f_c + log det(P)/2 - log det(H_c)/2``; the components are weighted by their evidence and
+collapsed into one Gaussian (same mean and covariance). :func:`predictive` averages the likelihood over
+a posterior with the linearised margin ``m ~ N(m_hat, J H^-1 J^T)`` and the probit approximation
+``P = sigmoid(a m_hat / sqrt(1 + pi a^2 v / 8))``.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .errors import PalMMError
-
-@functools.lru_cache(maxsize=64)
-def _basis(k: int, simplex: bool) -> torch.Tensor:
-    if not simplex:
-        return torch.eye(k)
-    basis = torch.zeros(k, max(k - 1, 0))
-    for j in range(1, k):
-        basis[:j, j - 1] = 1.0
-        basis[j, j - 1] = -float(j)
-        basis[:, j - 1] /= math.sqrt(j * (j + 1))
-    return basis
-
-
-def user_basis(k: int, simplex: bool = True) -> torch.Tensor:
-    """(K, S) orthonormal basis of the coordinates a user's row is believed in (module doc):
-    Helmert columns ``(1, .., 1, -j, 0, ..) / sqrt(j (j + 1))`` for simplex users, else the identity
-    (a shared tensor: do not modify it)."""
-    return _basis(int(k), bool(simplex))
-
-
-@dataclass
-class UserBeliefs:
-    """The model's calibrated likelihood and Gaussian beliefs (module doc), saved with the model.
-
-    ``inv_temperature``: ``a``; ``prior_mean`` (S,), ``prior_precision`` (S, S): the prior at unit
-    strength (the inverse covariance of the seen users' rows); ``strength``: its multiplier (chosen
-    on validation pairs); ``precision`` (n_users, S, S): every known user's posterior precision, in
-    the order of the model's user table. Without user state (or K = 1) only ``inv_temperature`` is set."""
-
-    inv_temperature: float = 1.0
-    prior_mean: torch.Tensor | None = None
-    prior_precision: torch.Tensor | None = None
-    strength: float = 1.0
-    precision: torch.Tensor | None = None
-
-    @property
-    def has_prior(self) -> bool:
-        return self.prior_mean is not None
-
-    def prior(self, strength: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean (S,), precision (S, S)) of the prior at ``strength`` (default: the chosen one)."""
-        if not self.has_prior:
-            raise PalMMError("this model has no prior over users (trained before pal-mm had one, or without user state)")
-        return self.prior_mean, self.prior_precision * float(self.strength if strength is None else strength)
-
-    # ----- storage: tensors in model.safetensors, a summary in config.json ----------------------
-    def tensors(self) -> dict[str, torch.Tensor]:
-        out = {"beliefs.inv_temperature": torch.tensor([float(self.inv_temperature)], dtype=torch.float64),
-               "beliefs.strength": torch.tensor([float(self.strength)], dtype=torch.float64)}  # exact scalars
-        if self.has_prior:
-            out.update({k: v.detach().float() for k, v in (("beliefs.prior_mean", self.prior_mean),
-                                                           ("beliefs.prior_precision", self.prior_precision),
-                                                           ("beliefs.precision", self.precision))})
-        return {k: v.cpu().contiguous() for k, v in out.items()}
-
-    def summary(self) -> dict:
-        """What config.json records (the tensors are the source of truth)."""
-        return {"inv_temperature": float(self.inv_temperature), "prior": self.has_prior, "strength": float(self.strength),
-                "state_coordinates": int(self.prior_mean.numel()) if self.has_prior else 0}
-
-    @staticmethod
-    def expected(summary: dict, n_users: int) -> dict[str, torch.Tensor]:
-        """Empty tensors with the names and shapes a saved ``summary`` implies (for load checks)."""
-        out = {"beliefs.inv_temperature": torch.zeros(1, dtype=torch.float64), "beliefs.strength": torch.zeros(1, dtype=torch.float64)}
-        if summary.get("prior"):
-            s = int(summary.get("state_coordinates", 0))
-            out.update({"beliefs.prior_mean": torch.zeros(s), "beliefs.prior_precision": torch.zeros(s, s),
-                        "beliefs.precision": torch.zeros(n_users, s, s)})
-        return out
-
-    @classmethod
-    def from_tensors(cls, t: dict[str, torch.Tensor], where: str) -> "UserBeliefs":
-        a, lam = float(t["beliefs.inv_temperature"][0]), float(t["beliefs.strength"][0])
-        if a <= 0 or lam <= 0:
-            raise PalMMError(f"{where}: corrupt beliefs (inverse temperature and prior strength must be > 0)")
-        if "beliefs.prior_mean" not in t:
-            return cls(inv_temperature=a, strength=lam)
-        prec = t["beliefs.precision"]
-        for name, m in (("prior precision", t["beliefs.prior_precision"][None]), ("posterior precision", prec)):
-            if len(m) and torch.linalg.cholesky_ex(m.double())[1].any():
-                raise PalMMError(f"{where}: corrupt beliefs ({name} is not symmetric positive definite)")
-        return cls(a, t["beliefs.prior_mean"], t["beliefs.prior_precision"], lam, prec)
+from .beliefs import UserBeliefs, collapse, user_basis
 
 
 # ------------------------------------------------------------------------------------------
@@ -244,6 +152,40 @@ def laplace_precision(pairs: UserPairs, z: torch.Tensor, basis: torch.Tensor, a:
     return _gradient_and_precision(m, jac, pairs.rows, pairs.n_users, a, z, z, precision)[1]
 
 
+def per_component(pairs: UserPairs, n_components: int) -> UserPairs:
+    """The pairs of every user once per prior component: virtual user ``u * C + c``."""
+    n, c = len(pairs), n_components
+    idx = torch.arange(n, device=pairs.rows.device).repeat(c)
+    comp = torch.arange(c, device=pairs.rows.device).repeat_interleave(n)
+    return UserPairs(pairs.head, {k: v[idx] for k, v in pairs.features.items()}, pairs.rows[idx] * c + comp, pairs.n_users * c)
+
+
+def log_evidence(f: torch.Tensor, prior_precision: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """Laplace log evidence ``-f + log det(P)/2 - log det(H)/2`` (without the component's log weight)."""
+    return -f + 0.5 * torch.logdet(prior_precision.double()) - 0.5 * torch.logdet(precision.double())
+
+
+def posterior_mixture(pairs: UserPairs, basis: torch.Tensor, a: float, log_weights: torch.Tensor, means: torch.Tensor,
+                      precision: torch.Tensor, start: torch.Tensor | None = None):
+    """Every user's posterior under the mixture prior ``sum_c exp(log_weights_c) N(means_c, precision^-1)``
+    as one Gaussian (module doc). ``log_weights`` (C,) or (U, C), ``means`` (C, S) or (U, C, S) (a
+    prior per user), ``precision`` (S, S) shared; ``start`` (U, C, S): initial coordinates. Returns
+    (mean (U, S), precision (U, S, S), every component's mode (U, C, S))."""
+    u, c, s = pairs.n_users, means.shape[-2], means.shape[-1]
+    dev = pairs.rows.device
+    mu = means.to(dev).expand(u, c, s).reshape(u * c, s)
+    prec = precision.to(dev).expand(u * c, s, s)
+    virtual = per_component(pairs, c)
+    z, h = fit_map(virtual, basis, a, mu, prec, start=None if start is None else start.reshape(u * c, s))
+    if c == 1:
+        return z, h, z.reshape(u, 1, s)
+    with torch.no_grad():
+        f = _objective(virtual.margins(z @ basis.T), virtual.rows, u * c, a, z, mu, prec)
+    logw = log_weights.to(dev).double().expand(u, c) + log_evidence(f, prec, h).reshape(u, c)
+    mean, cov = collapse(logw, z.reshape(u, c, s), covariance(h).reshape(u, c, s, s))
+    return mean.float(), torch.linalg.inv(cov), z.reshape(u, c, s)
+
+
 # ------------------------------------------------------------------------------------------
 # predictions under the posterior
 # ------------------------------------------------------------------------------------------
@@ -282,7 +224,7 @@ def weight_covariance(z: torch.Tensor, cov: torch.Tensor, basis: torch.Tensor, s
 
 
 # ------------------------------------------------------------------------------------------
-# known users: probabilities, reward uncertainty, online updates
+# known users: probabilities, reward uncertainty
 # ------------------------------------------------------------------------------------------
 def _local(user_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(distinct users (U,), each row's position among them (n,))."""
@@ -322,89 +264,3 @@ def reward_std(head, beliefs: UserBeliefs, user: int, prompt: torch.Tensor, item
     return margin_variance(jac, cov.expand(jac.shape[0], -1, -1)).sqrt()
 
 
-@dataclass
-class OnlineUser:
-    """A user being updated online (kept in memory, not saved): the Gaussian the session started
-    from (``mean`` (S,), ``precision`` (S, S)) and the pairs added since (reduced form)."""
-
-    mean: torch.Tensor
-    precision: torch.Tensor
-    pairs: UserPairs | None = None
-
-    MAX_PAIRS = 256  # beyond this, the current posterior becomes the start and the pairs are dropped
-
-
-def update_user(head, beliefs: UserBeliefs, user: int, prompt: torch.Tensor, chosen: torch.Tensor,
-                rejected: torch.Tensor, state: OnlineUser | None = None, max_step: float = 3.0) -> OnlineUser:
-    """Refine known user ``user``'s row and posterior precision (in place) from one new pair (1, dp) /
-    (1, di) / (1, di) and return the online state.
-
-    The objective is the session's starting Gaussian (the user's posterior when the session began:
-    the prior for a new user) plus ALL pairs added since, in the head's reduced form. One Gauss-Newton
-    step from the current row (the optimum before this pair), from one forward / backward pass
-    (:func:`_newton_step`), so the row tracks the MAP that :func:`~pal_mm.adaptation.adapt` finds on
-    the same pairs; a step longer than ``max_step`` (a surprising pair) is replaced by a full solve
-    (:func:`fit_map`)."""
-    basis = user_basis(head.state_dim, head.simplex_users).to(head.user_logits)
-    z0 = head.user_logits.detach()[user][None] @ basis
-    if state is None or (state.pairs is not None and len(state.pairs) >= OnlineUser.MAX_PAIRS):
-        state = OnlineUser(z0[0].clone(), beliefs.precision[user].to(z0).clone())
-    new = UserPairs.of(head, prompt, chosen, rejected, torch.zeros(prompt.shape[0], dtype=torch.long, device=prompt.device), 1)
-    state.pairs = new if state.pairs is None else state.pairs.extend(new)
-    a = beliefs.inv_temperature
-    mean, base = state.mean.to(z0), state.precision.to(z0)
-    step, h, f0_slope = _newton_step(state.pairs, basis, a, mean, base, beliefs.precision[user].to(z0), z0)
-    if bool(torch.isfinite(step).all()) and float(step.abs().max()) <= max_step:
-        t = _step_length(state.pairs, basis, a, mean, base, z0, step, f0_slope) if float(step.abs().max()) > 0.05 else 1.0
-        z = z0 - t * step.float()[None]
-    else:
-        z, h = fit_map(state.pairs, basis, a, state.mean[None].to(z0), state.precision[None].to(z0), start=z0)
-        h = h[0]
-    with torch.no_grad():
-        head.user_logits.data[user] = (z @ basis.T)[0].to(head.user_logits.dtype)
-    beliefs.precision[user] = h.to(beliefs.precision.dtype).cpu()
-    return state
-
-
-def _newton_step(pairs: UserPairs, basis: torch.Tensor, a: float, mean: torch.Tensor, base: torch.Tensor,
-                 current: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float]]:
-    """(step (S,), precision (S, S), (objective, gradient . step)) of one user at ``z`` (1, S) for the objective
-    ``(z - mean)^T base (z - mean) / 2 + sum_i softplus(-a m_i)`` over all ``pairs`` (the newest last),
-    from ONE forward / backward pass. Up to ``UserPairs.PER_PAIR_MAX`` pairs every pair gets its own row
-    of coordinates, so the pass yields each pair's gradient, hence its Jacobian (dividing by
-    d softplus(-a m)/dm = -a sigmoid(-a m), never 0): an exact Gauss-Newton step. With more pairs the
-    older pairs share a row and their curvature is taken from ``current`` (the stored precision)."""
-    n = len(pairs)
-    exact = n <= UserPairs.PER_PAIR_MAX
-    rows = torch.arange(n, device=z.device) if exact else (torch.arange(n, device=z.device) == n - 1).long()
-    with torch.enable_grad():
-        zz = z.detach().expand(n if exact else 2, -1).clone().requires_grad_(True)
-        m = pairs.head.margins_from_features(pairs.features, zz @ basis.T, rows)
-        (grad,) = torch.autograd.grad(F.softplus(-a * m).sum(), zz)
-    grad, m = grad.double(), m.detach().double()
-    s = torch.sigmoid(a * m)
-    if exact:
-        jac = grad / (-a * (1 - s))[:, None]
-        h = base.double() + ((a * a * s * (1 - s))[:, None] * jac).T @ jac
-    else:
-        jac = grad[1] / (-a * (1 - s[-1]))
-        h = current.double() + (a * a * s[-1] * (1 - s[-1])) * torch.outer(jac, jac)
-    d = z[0].double() - mean.double()
-    g = grad.sum(0) + base.double() @ d
-    f0 = F.softplus(-a * m).sum() + 0.5 * d @ base.double() @ d
-    step = torch.linalg.solve(h, g)
-    return step, h, (float(f0), float(g @ step))
-
-
-def _step_length(pairs: UserPairs, basis, a: float, mean, base, z, step, f0_slope) -> float:
-    """The length t of the step ``z - t step`` at the minimum of the parabola through f(0), f'(0) and
-    f(1) along it (one more forward pass), kept in [0.05, 1.5]. The Gauss-Newton matrix can under- or
-    over-estimate the curvature (the margins are not linear in z): this keeps online steps from
-    overshooting or lagging."""
-    f0, slope = f0_slope  # f(z - t step) ~ f0 - slope t + c t^2
-    trial = z - step.float()[None]
-    with torch.no_grad():
-        m1 = pairs.head.margins_from_features(pairs.features, trial @ basis.T, torch.zeros_like(pairs.rows)).double()
-    d1 = trial[0].double() - mean.double()
-    c = float(F.softplus(-a * m1).sum() + 0.5 * d1 @ base.double() @ d1) - f0 + slope
-    return min(max(slope / (2 * c), 0.05), 1.5) if c > 0 and slope > 0 else 1.0

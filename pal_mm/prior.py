@@ -1,17 +1,23 @@
-"""The model's beliefs about users, fitted at the end of training (:func:`fit_beliefs`, called by
-:func:`pal_mm.training.fit`); only training and validation pairs of the SEEN users are used.
+"""The model's beliefs about users (:class:`~pal_mm.beliefs.UserBeliefs`), fitted at the end of
+training (:func:`fit_beliefs`, called by :func:`pal_mm.training.fit`) from the SEEN users' training
+and validation pairs only.
 
 1. **Calibration.** The inverse temperature ``a`` of ``P(chosen preferred) = sigmoid(a m)`` minimises
-   the log loss of the seen users' validation margins (``a = 1`` without validation data).
-2. **Prior.** A Gaussian over users' coordinates ``z = B^T W`` (:mod:`pal_mm.posterior`: the K - 1
-   shift-free coordinates of the logits): the mean and the covariance of the seen users' rows, the
-   covariance shrunk 10 % toward its average variance (and floored) so that it is invertible.
-3. **Strength.** The prior's precision is multiplied by a strength chosen from a grid on few-shot
-   splits of the seen users' validation pairs (:func:`pal_mm.fewshot.fewshot_split`: n in
+   the log loss of the seen users' validation margins, with Platt's targets (a finite ``a`` even when
+   validation is perfectly separated; ``a = 1`` without validation data).
+2. **Prior.** The seen users' coordinates ``z = B^T W`` (the K - 1 shift-free coordinates of the
+   logits) are fitted by Gaussian mixtures with one shared covariance (EM from farthest-first
+   starts; C = 1 .. 8 components): users often come in groups, and a single Gaussian between two
+   groups would pull every new user to the middle. The covariance is shrunk 10 % toward
+   its average variance and floored, so that it is invertible.
+3. **Components and strength.** The number of components (1, the BIC's choice, and K, the
+   number of prototypes, at most U / 3) and a strength multiplying the prior's precision (a grid) are chosen
+   on few-shot splits of the seen users' validation pairs (:func:`pal_mm.fewshot.fewshot_split`: n in
    {1, 2, 5, 10} to fit, the rest of the user's validation pairs to score, two split seeds): every
-   (user, n, seed) is fitted as a new user (MAP under a leave-one-out prior, without that user's own
-   row) and scored by the Brier score of the posterior predictive on its held-out pairs, averaged over
-   n. Test pairs are never used. Without validation data the strength is 1 (the empirical prior).
+   (user, n, seed) is fitted as a new user (its posterior under a prior whose component means and
+   weights leave that user's own row out) and its posterior predictive is scored on its held-out
+   pairs: the best accuracy averaged over n, near-ties broken by the Brier score. Test pairs are never
+   used. Without validation data: the BIC's number of components at strength 1.
 4. **Seen users' posteriors.** The Laplace precision at each seen user's trained row: the prior's
    precision plus the Gauss-Newton terms of the user's training pairs.
 """
@@ -23,11 +29,12 @@ from collections import defaultdict
 
 import torch
 
+from .beliefs import UserBeliefs, user_basis
 from .calibration import fit_inv_temperature
 from .embedding import EncodedPairs
 from .errors import PalMMError
 from .fewshot import fewshot_split, mean_std
-from .posterior import UserBeliefs, UserPairs, covariance, fit_map, laplace_precision, margin_variance, predictive, user_basis
+from .posterior import UserPairs, covariance, laplace_precision, margin_variance, posterior_mixture, predictive
 from .scoring import pair_margins
 
 STRENGTHS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
@@ -35,39 +42,90 @@ SELECTION_NS = (1, 2, 5, 10)
 SELECTION_SEEDS = (0, 1)
 MAX_SELECTION_USERS = 200
 MAX_TEST_PAIRS = 30  # per user and block
+MAX_COMPONENTS = 8
 SHRINK, FLOOR = 0.1, 1e-2
 MIN_USERS = 3
 SCORES = ("brier", "log_loss", "accuracy")
 
 
-def gaussian(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (S,) and unit-strength precision (S, S) of users' coordinates z (U, S), U >= 2
-    (shrunk covariance, see the module doc)."""
-    mean = z.double().mean(0)
-    d = z.double() - mean
-    cov = d.T @ d / max(len(z) - 1, 1)
-    return mean.float(), _precision(cov).float()
-
-
-def _precision(cov: torch.Tensor) -> torch.Tensor:
-    """(..., S, S) shrunk and floored covariances -> precisions."""
+# ------------------------------------------------------------------------------------------
+# the mixture of the seen users' rows
+# ------------------------------------------------------------------------------------------
+def _shrunk(cov: torch.Tensor) -> torch.Tensor:
     s = cov.shape[-1]
     eye = torch.eye(s, dtype=cov.dtype)
     avg = torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1)[..., None, None]
-    shrunk = (1 - SHRINK) * cov + SHRINK * avg * eye + FLOOR * eye
-    return torch.linalg.inv(shrunk)
+    return (1 - SHRINK) * cov + SHRINK * avg * eye + FLOOR * eye
 
 
-def leave_one_out(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per user: the prior (mean (U, S), unit precision (U, S, S)) fitted without that user's row."""
+def _farthest_first(z: torch.Tensor, c: int) -> torch.Tensor:
+    """c starting means: the row farthest from the centre, then each time the row farthest from those chosen."""
+    chosen = [int(((z - z.mean(0)) ** 2).sum(1).argmax())]
+    for _ in range(c - 1):
+        d = torch.cdist(z, z[chosen]).min(1).values
+        chosen.append(int(d.argmax()))
+    return z[chosen].clone()
+
+
+def _em(z: torch.Tensor, c: int, iters: int = 200) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Tied-covariance Gaussian mixture of z (U, S): (log weights (C,), means (C, S), covariance (S, S),
+    responsibilities (U, C), log likelihood)."""
+    u, s = z.shape
+    means = _farthest_first(z, c)
+    logw = torch.full((c,), -math.log(c), dtype=z.dtype)
+    cov = _shrunk(torch.cov(z.T, correction=0).reshape(s, s))
+    last = -math.inf
+    for _ in range(iters):
+        dist = torch.distributions.MultivariateNormal(means, covariance_matrix=cov.expand(c, s, s))
+        joint = logw + dist.log_prob(z[:, None, :])  # (U, C)
+        ll = float(torch.logsumexp(joint, 1).sum())
+        resp = torch.softmax(joint, 1)
+        counts = resp.sum(0).clamp_min(1e-9)
+        logw = (counts / u).log()
+        means = (resp.T @ z) / counts[:, None]
+        d = z[:, None, :] - means[None]
+        cov = _shrunk(torch.einsum("uc,ucs,uct->st", resp, d, d) / u)
+        if ll - last < 1e-9 * max(1.0, abs(ll)):
+            break
+        last = ll
+    return logw, means, cov, resp, ll
+
+
+def fit_mixtures(z: torch.Tensor, max_components: int = MAX_COMPONENTS) -> dict[int, dict]:
+    """Tied-covariance mixtures of users' coordinates z (U, S) for C = 1 .. min(max_components, U / 3):
+    ``{C: {"log_weights", "means", "precision" (unit strength), "responsibilities", "bic"}}``."""
     z = z.double()
+    u, s = z.shape
+    fits = {}
+    for c in range(1, max(1, min(max_components, u // 3)) + 1):
+        logw, means, cov, resp, ll = _em(z, c)
+        params = (c - 1) + c * s + s * (s + 1) / 2
+        fits[c] = {"log_weights": logw.float(), "means": means.float(), "precision": torch.linalg.inv(cov).float(),
+                   "responsibilities": resp, "bic": -2 * ll + params * math.log(u)}
+    return fits
+
+
+def fit_mixture(z: torch.Tensor, max_components: int = MAX_COMPONENTS) -> dict:
+    """The mixture with the lowest BIC (:func:`fit_mixtures`), with the BIC of every C under ``"bic"``."""
+    fits = fit_mixtures(z, max_components)
+    best = min(fits, key=lambda c: (fits[c]["bic"], c))
+    return {**fits[best], "bic": {str(c): round(f["bic"], 3) for c, f in fits.items()}}
+
+
+def leave_one_out(z: torch.Tensor, mixture: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per user u: the mixture's log weights (U, C) and means (U, C, S) without u's row (its share of
+    each component removed; the shared covariance is kept)."""
+    z, resp = z.double(), mixture["responsibilities"]
     u = len(z)
-    total, outer = z.sum(0), z.T @ z
-    means = (total - z) / (u - 1)
-    scatter = outer - z[:, :, None] * z[:, None, :] - (u - 1) * means[:, :, None] * means[:, None, :]
-    return means.float(), _precision(scatter / max(u - 2, 1)).float()
+    counts = resp.sum(0)
+    means = mixture["means"].double()
+    rest = (counts[None, :] - resp).clamp_min(1e-6)  # (U, C)
+    loo_means = (counts[None, :, None] * means[None] - resp[:, :, None] * z[:, None, :]) / rest[:, :, None]
+    loo_means = torch.where((counts[None, :] - resp > 1e-3)[:, :, None], loo_means, means[None].expand_as(loo_means))
+    return (rest / max(u - 1, 1)).log().float(), loo_means.float()
 
 
+# ------------------------------------------------------------------------------------------
 @torch.no_grad()
 def fit_beliefs(model, train: EncodedPairs, val: EncodedPairs | None) -> UserBeliefs:
     """Fit and attach ``model.beliefs`` (module doc); a summary goes to ``model.metrics["beliefs"]``."""
@@ -81,9 +139,17 @@ def fit_beliefs(model, train: EncodedPairs, val: EncodedPairs | None) -> UserBel
     basis = user_basis(head.state_dim, head.simplex_users)
     if head.has_user_state and basis.shape[1] > 0 and len(model.users) >= MIN_USERS:
         z = head.user_logits.detach().cpu().float() @ basis
-        beliefs.prior_mean, beliefs.prior_precision = gaussian(z)
+        fits = fit_mixtures(z)
+        by_bic = min(fits, key=lambda c: (fits[c]["bic"], c))
+        report["prior_bic"] = {str(c): round(f["bic"], 3) for c, f in fits.items()}
+        candidates = sorted({1, by_bic, min(head.state_dim, max(fits))}) if val is not None and len(val) else [by_bic]
+        chosen, strength = by_bic, 1.0
         if val is not None and len(val):
-            beliefs.strength, report["strength_selection"] = choose_strength(model, beliefs, z, val)
+            chosen, strength, report["prior_selection"] = choose_prior(model, beliefs, z, {c: fits[c] for c in candidates}, val)
+        mixture = fits[chosen]
+        beliefs.prior_log_weights, beliefs.prior_means = mixture["log_weights"], mixture["means"]
+        beliefs.prior_precision, beliefs.strength = mixture["precision"], strength
+        report["prior_components"] = chosen
         beliefs.precision = seen_precision(model, beliefs, train)
         report["prior_strength"] = beliefs.strength
     model.beliefs = beliefs
@@ -96,7 +162,7 @@ def seen_precision(model, beliefs: UserBeliefs, train: EncodedPairs, batch_size:
     head = model.head
     dev = head.user_logits.device
     basis = user_basis(head.state_dim, head.simplex_users).to(dev)
-    prec = beliefs.prior()[1].double().to(dev).expand(len(model.users), -1, -1).clone()
+    prec = beliefs.prior()[2].double().to(dev).expand(len(model.users), -1, -1).clone()
     idx = model.user_index(train.user_ids).to(dev)
     z = head.user_logits.detach() @ basis
     for s in range(0, len(train), batch_size):
@@ -107,74 +173,68 @@ def seen_precision(model, beliefs: UserBeliefs, train: EncodedPairs, batch_size:
     return prec.float().cpu()
 
 
-def choose_strength(model, beliefs: UserBeliefs, z: torch.Tensor, val: EncodedPairs) -> tuple[float, dict]:
-    """The strength in :data:`STRENGTHS` with the lowest held-out log loss on few-shot splits of the
-    seen users' validation pairs (module doc), and a report of every candidate."""
-    head = model.head
-    dev = head.user_logits.device
-    users = sorted(set(val.user_ids))[:MAX_SELECTION_USERS]
-    keep = [i for i, u in enumerate(val.user_ids) if u in set(users)]
-    val = val.subset(keep)
-    position = {u: i for i, u in enumerate(model.users)}
-    loo_mean, loo_prec = leave_one_out(z)
-    counts = defaultdict(int)
-    for u in val.user_ids:
-        counts[u] += 1
-    ns = [n for n in SELECTION_NS if sum(c > n for c in counts.values()) >= 1]
-    if not ns:
-        return beliefs.strength, {"skipped": "no seen user has 2 or more validation pairs"}
-    train_rows, train_v, test_rows, test_v, block_of, real_of = [], [], [], [], [], []
+def _selection_blocks(val: EncodedPairs, ns: list[int]) -> tuple[list, list, list, list, list]:
+    """Virtual users (user, n, seed): (train rows, their virtual ids, test rows, their ids, [(user, n)] per virtual user)."""
+    tr_rows, tr_v, te_rows, te_v, virtual = [], [], [], [], []
     for seed in SELECTION_SEEDS:
         split = fewshot_split(val.user_ids, ns, seed)
         for n in ns:
-            by_user_test = defaultdict(list)
+            train_of, test_of = defaultdict(list), defaultdict(list)
+            for i in split.train[n]:
+                train_of[val.user_ids[i]].append(i)
             for i in split.test[n]:
-                by_user_test[val.user_ids[i]].append(i)
-            for u in sorted(by_user_test):
-                v = len(real_of)
-                real_of.append(position[u])
-                block_of.append(n)
-                tr = [i for i in split.train[n] if val.user_ids[i] == u]
-                train_rows += tr
-                train_v += [v] * len(tr)
-                te = by_user_test[u][:MAX_TEST_PAIRS]
-                test_rows += te
-                test_v += [v] * len(te)
-    n_virtual = len(real_of)
-    real = torch.as_tensor(real_of)
+                test_of[val.user_ids[i]].append(i)
+            for u in sorted(test_of):
+                v = len(virtual)
+                virtual.append((u, n))
+                tr_rows += train_of[u]
+                tr_v += [v] * len(train_of[u])
+                te = test_of[u][:MAX_TEST_PAIRS]
+                te_rows += te
+                te_v += [v] * len(te)
+    return tr_rows, tr_v, te_rows, te_v, virtual
+
+
+def choose_prior(model, beliefs: UserBeliefs, z: torch.Tensor, fits: dict[int, dict], val: EncodedPairs) -> tuple[int, float, dict]:
+    """The number of components (among ``fits``) and the strength (:data:`STRENGTHS`) whose new-user
+    posteriors predict the seen users' held-out validation pairs best on few-shot splits (module doc):
+    the highest accuracy averaged over n, ties (within 0.1 point) broken by the lower Brier score, then
+    the fewer components and the stronger prior. Returns (C, strength, report)."""
+    head = model.head
+    dev = head.user_logits.device
+    users = set(sorted(set(val.user_ids))[:MAX_SELECTION_USERS])
+    val = val.subset([i for i, u in enumerate(val.user_ids) if u in users])
+    counts = defaultdict(int)
+    for u in val.user_ids:
+        counts[u] += 1
+    ns = [n for n in SELECTION_NS if any(c > n for c in counts.values())]
+    if not ns:
+        return min(fits), beliefs.strength, {"skipped": "no seen user has 2 or more validation pairs"}
+    tr_rows, tr_v, te_rows, te_v, virtual = _selection_blocks(val, ns)
+    position = {u: i for i, u in enumerate(model.users)}
+    real = torch.as_tensor([position[u] for u, _ in virtual])
     basis = user_basis(head.state_dim, head.simplex_users).to(dev)
-    tr_v, te_v = torch.as_tensor(train_v, device=dev), torch.as_tensor(test_v, device=dev)
-    tr, te = val.subset(train_rows), val.subset(test_rows)
-    fit_pairs = UserPairs.of(head, tr.prompt.to(dev), tr.chosen.to(dev), tr.rejected.to(dev), tr_v, n_virtual)
-    test_pairs = UserPairs.of(head, te.prompt.to(dev), te.chosen.to(dev), te.rejected.to(dev), te_v, n_virtual)
-    mean, unit = loo_mean[real].to(dev), loo_prec[real].to(dev)
+    tr_v, te_v = torch.as_tensor(tr_v, dtype=torch.long, device=dev), torch.as_tensor(te_v, dtype=torch.long, device=dev)
+    tr, te = val.subset(tr_rows), val.subset(te_rows)
+    fit_pairs = UserPairs.of(head, tr.prompt.to(dev), tr.chosen.to(dev), tr.rejected.to(dev), tr_v, len(virtual))
+    test_pairs = UserPairs.of(head, te.prompt.to(dev), te.chosen.to(dev), te.rejected.to(dev), te_v, len(virtual))
     a = beliefs.inv_temperature
-    blocks = torch.as_tensor(block_of, device=dev)[te_v]
-    rows, zv = [], None
-    for strength in sorted(STRENGTHS, reverse=True):  # strong to weak priors, each fit warm-started at the last
-        zv, h = fit_map(fit_pairs, basis, a, mean, unit * strength, start=zv)
-        m, jac = test_pairs.jacobian(zv, basis)
-        p = predictive(m, margin_variance(jac, covariance(h)[te_v]), a).clamp(1e-12, 1)
-        by_n = {str(n): {"brier": float(((1 - p[blocks == n]) ** 2).mean()), "log_loss": float(-p[blocks == n].log().mean()),
-                         "accuracy": float((m[blocks == n] > 0).double().mean())} for n in ns}
-        rows.append({"strength": strength, **{k: mean_std(r[k] for r in by_n.values())[0] for k in SCORES}})
-    rows.sort(key=lambda r: r["strength"])
-    best = min(rows, key=lambda r: (round(r["brier"], 9), r["strength"]))
-    if not math.isfinite(best["brier"]):
-        raise PalMMError("choosing the prior strength failed (non-finite validation scores)")
-    with torch.no_grad():  # no pairs at all: every virtual user at its prior mean (the population's typical user)
-        m0 = test_pairs.margins(mean @ basis.T)
-    population = mean_std(float((m0[blocks == n] > 0).double().mean()) for n in ns)[0]
-    report = {"criterion": "brier", "ns": ns, "seeds": list(SELECTION_SEEDS), "virtual_users": n_virtual,
-              **{key: {str(r["strength"]): r[key] for r in rows} for key in SCORES}, "population_accuracy": population}
-    return best["strength"], _rounded(report)
-
-
-def _rounded(obj):
-    if isinstance(obj, float):
-        return round(obj, 6)
-    if isinstance(obj, dict):
-        return {k: _rounded(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_rounded(v) for v in obj]
-    return obj
+    blocks = torch.as_tensor([n for _, n in virtual], device=dev)[te_v]
+    rows = []
+    for c, mixture in fits.items():
+        loo_logw, loo_means = leave_one_out(z, mixture)
+        logw, means, start = loo_logw[real].to(dev), loo_means[real].to(dev), None
+        for strength in sorted(STRENGTHS, reverse=True):  # strong to weak priors, each fit warm-started at the last
+            mean, prec, start = posterior_mixture(fit_pairs, basis, a, logw, means, mixture["precision"].to(dev) * strength, start)
+            m, jac = test_pairs.jacobian(mean, basis)
+            p = predictive(m, margin_variance(jac, covariance(prec)[te_v]), a).clamp(1e-12, 1)
+            by_n = {n: {"brier": float(((1 - p[blocks == n]) ** 2).mean()), "log_loss": float(-p[blocks == n].log().mean()),
+                        "accuracy": float((m[blocks == n] > 0).double().mean())} for n in ns}
+            rows.append({"components": c, "strength": strength, **{k: mean_std(r[k] for r in by_n.values())[0] for k in SCORES}})
+    if not all(math.isfinite(r["brier"]) for r in rows):
+        raise PalMMError("choosing the prior failed (non-finite validation scores)")
+    top = max(r["accuracy"] for r in rows)
+    best = min((r for r in rows if r["accuracy"] >= top - 1e-3), key=lambda r: (round(r["brier"], 9), r["components"], -r["strength"]))
+    report = {"criterion": "accuracy, then brier", "ns": ns, "seeds": list(SELECTION_SEEDS), "virtual_users": len(virtual),
+              **{key: {f"C={r['components']},s={r['strength']}": round(r[key], 6) for r in rows} for key in SCORES}}
+    return best["components"], best["strength"], report

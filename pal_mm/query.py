@@ -5,8 +5,8 @@ A **pool** holds unlabelled comparisons, one per row: ``user_id, prompt, respons
 user in the pool, :func:`select_queries` picks the ``n`` pairs whose answers are expected to tell
 the most about that user's weights:
 
-* a user the model knows starts from their posterior, a new user from the prior
-  (:class:`~pal_mm.posterior.UserBeliefs`);
+* a user the model knows starts from their posterior, a new user from the prior (as one Gaussian
+  with the prior's mean and covariance; :class:`~pal_mm.beliefs.UserBeliefs`);
 * a pair's answer ``y`` has ``P(y = a) = sigmoid(a_T m(z))`` (calibrated margin); with the margin
   linearised in the user's coordinates, ``m ~ N(m_hat, v)``, ``v = J C J^T``. The **expected
   information gain** about the weights is ``I = h(E[sigmoid]) - E[h(sigmoid)]`` (``h``: binary
@@ -40,7 +40,8 @@ from .data import PreferenceData, RowValidator
 from .embedding import encode_data
 from .errors import DataError, PalMMError
 from .ingest import read_rows
-from .posterior import UserPairs, covariance, margin_variance, user_basis
+from .beliefs import user_basis
+from .posterior import UserPairs, covariance, margin_variance
 
 POOL_COLUMNS = ("user_id", "prompt", "response_a", "response_b")
 POOL_NAMES = {"chosen": "response_a", "rejected": "response_b"}
@@ -138,7 +139,7 @@ def _user_state(model, user: str):
     if user in model.users:
         i = int(model.user_index([user])[0])
         return model.head.user_logits.detach().cpu()[i] @ basis, covariance(model.beliefs.precision[i])
-    mean, prec = model.beliefs.prior()
+    mean, prec = model.beliefs.collapsed_prior()  # the prior's mean and covariance
     return mean.clone(), covariance(prec)
 
 

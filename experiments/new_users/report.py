@@ -34,12 +34,15 @@ def results_markdown(blob: dict) -> str:
              f"(accuracies in %). Runtime {blob['runtime_s']:.0f} s on {blob['machine']['cpus']} CPU cores "
              f"(torch {blob['machine']['torch']}; a shared machine).", ""]
     for name, r in blob["datasets"].items():
-        s, sel = r["summary"], (r.get("beliefs") or {}).get("strength_selection", {})
+        s, b = r["summary"], r.get("beliefs") or {}
+        sel = b.get("prior_selection", {})
         lines += [f"## {name}", "", f"{r['description']}; encoder `{r['encoder']}`, head {r['head']}, training "
                   f"{r['train'] or 'library defaults'}; {r['users']['seen']} seen / {r['users']['new']} new users. "
                   f"Chosen on the seen users' validation pairs at training time: calibration `a` = "
-                  f"{r['beliefs'].get('inv_temperature')}, prior strength {r['beliefs'].get('prior_strength')} "
-                  f"(Brier of the posterior predictive on few-shot splits, grid {list(sel.get('brier', {}))}).", ""]
+                  f"{b.get('inv_temperature')}; prior: a mixture of {b.get('prior_components')} Gaussian(s) over users "
+                  f"(BIC by number of components {b.get('prior_bic')}), strength {b.get('prior_strength')} (of "
+                  f"{len(sel.get('accuracy', {}))} candidates, by {sel.get('criterion', 'n/a')} of new-user posteriors on "
+                  f"few-shot splits of the validation pairs).", ""]
         ns = cfg["random_n"]
         asked_ns = sorted({int(n) for st in s["asked"].values() for n in st})
         lines += ["### Accuracy of new users vs pairs (held-out pairs)", "",

@@ -41,7 +41,7 @@ from encoders import create_encoder
 from pal_mm import AdaptConfig, PALConfig, PreferenceData, TrainConfig, adapt, evaluate, fit
 from pal_mm.data import user_orders
 from pal_mm.embedding import EncodedPairs, encode_data
-from pal_mm.posterior import user_basis
+from pal_mm.beliefs import user_basis
 from pal_mm.query import select_queries
 
 from ..common import Clock, add_config_args, config_path, load_config, machine, make_log, mean_std, repo_path, write_text
@@ -106,7 +106,7 @@ def scores(model, pairs: EncodedPairs, keep_probs: bool = False) -> dict:
 
 def population(model, users: list[str]):
     m = copy.deepcopy(model)
-    mean = m.beliefs.prior_mean[None] @ user_basis(m.config.k, m.head.simplex_users).T
+    mean = m.beliefs.collapsed_prior()[0][None] @ user_basis(m.config.k, m.head.simplex_users).T
     m.add_users(users, mean.expand(len(users), -1))
     return m
 
