@@ -4,19 +4,21 @@ A session (kept in memory, not saved) starts from what the model believes about 
 for a new user (its C components), the user's stored posterior (one Gaussian) for a known one. Its
 objective per component c is ``(z - mu_c)^T P_c (z - mu_c) / 2 + sum_i softplus(-a m_i(z))`` over ALL
 pairs added in the session (kept in the head's reduced form). Each update takes a Gauss-Newton step
-per component from the current modes (the optima before this pair; up to ``max_steps`` while a step
-moves a mode by more than 0.05), each from one forward / backward pass
+per component from the current modes (the optima before this pair; with ``max_steps`` > 1, more
+while a step moves a mode by more than :data:`REPEAT_ABOVE`), each from one forward / backward pass
 in which every (pair, component) gets its own row of coordinates (so the pass yields every pair's
 Jacobian), with a step length from a parabola along the step (one more forward pass): the Gauss-Newton
 matrix can under- or over-estimate the curvature. The components are weighted by their Laplace
 evidence and collapsed into the user's stored Gaussian, exactly as :func:`pal_mm.adaptation.adapt`
-does, so the user tracks the refit on the same pairs. A surprising pair (a step longer than
+does, so the user tracks the refit on the same pairs; components whose weight falls below
+:data:`PRUNE` leave the session. A surprising pair (a step longer than
 ``max_step``) gets a full solve; after :data:`OnlineUser.MAX_PAIRS` pairs the session restarts from
 the current posterior.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +26,10 @@ import torch.nn.functional as F
 
 from .beliefs import UserBeliefs, collapse, user_basis
 from .posterior import UserPairs, _objective, covariance, fit_map, log_evidence, per_component
+
+
+PRUNE = 1e-3  # a session drops components whose posterior weight falls below this
+REPEAT_ABOVE = 0.2  # another step (up to max_steps) while a step moves a mode by more than this
 
 
 @dataclass
@@ -51,7 +57,7 @@ class OnlineUser:
 
 
 def update_user(head, beliefs: UserBeliefs, user: int, prompt: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor,
-                state: OnlineUser | None = None, max_step: float = 3.0, max_steps: int = 3) -> OnlineUser:
+                state: OnlineUser | None = None, max_step: float = 3.0, max_steps: int = 1) -> OnlineUser:
     """Refine row ``user`` of the head's table and its stored posterior precision (in place) from one
     new pair (1, dp) / (1, di) / (1, di); return the session (module doc). ``state`` None starts a
     session from the user's stored posterior."""
@@ -62,7 +68,7 @@ def update_user(head, beliefs: UserBeliefs, user: int, prompt: torch.Tensor, cho
     new = UserPairs.of(head, prompt, chosen, rejected, torch.zeros(prompt.shape[0], dtype=torch.long, device=prompt.device), 1)
     state.pairs = new if state.pairs is None else state.pairs.extend(new)
     a, c = beliefs.inv_temperature, len(state.means)
-    virtual = per_component(state.pairs, c)
+    virtual = state.pairs if c == 1 else per_component(state.pairs, c)
     for _ in range(max_steps):  # usually one: the modes before this pair are close to the new ones
         step, h, f0, slope = _gauss_newton(virtual, basis, a, state)
         if not bool(torch.isfinite(step).all()) or float(step.abs().max()) > max_step:
@@ -76,7 +82,7 @@ def update_user(head, beliefs: UserBeliefs, user: int, prompt: torch.Tensor, cho
         else:  # a small step: the Gauss-Newton model, f(z - step) = f0 - slope / 2
             t, f = torch.ones_like(f0), f0 - slope / 2
         state.z = state.z - (t[:, None] * step).float()
-        if float((t[:, None] * step).abs().max()) <= 0.05:
+        if float((t[:, None] * step).abs().max()) <= REPEAT_ABOVE:
             break
     if c == 1:
         mean, precision = state.z[0], h[0]
@@ -84,6 +90,10 @@ def update_user(head, beliefs: UserBeliefs, user: int, prompt: torch.Tensor, cho
         logw = state.log_weights.double() + log_evidence(f, state.precisions, h)
         mean, cov = collapse(logw, state.z, covariance(h))
         precision = torch.linalg.inv(cov)
+        keep = torch.log_softmax(logw, 0) > math.log(PRUNE)
+        if not bool(keep.all()):  # components the pairs have ruled out no longer count: drop them
+            state.log_weights, state.means = state.log_weights[keep], state.means[keep]
+            state.precisions, state.z = state.precisions[keep], state.z[keep]
     with torch.no_grad():
         head.user_logits.data[user] = (mean.float() @ basis.T).to(head.user_logits.dtype)
     beliefs.precision[user] = precision.to(beliefs.precision.dtype).cpu()
@@ -104,11 +114,17 @@ def _gauss_newton(virtual: UserPairs, basis: torch.Tensor, a: float, state: Onli
     jac = grad / (-a * (1 - s))[:, None]  # d softplus(-a m)/dm = -a sigmoid(-a m), never 0
     p = state.precisions.double()
     d = (state.z - state.means).double()
-    rows = virtual.rows
-    g = torch.zeros(c, d.shape[1], dtype=torch.float64, device=d.device).index_add(0, rows, grad) + (p @ d[..., None])[..., 0]
-    gn = (a * a * s * (1 - s))[:, None, None] * jac[:, :, None] * jac[:, None, :]
-    h = p + torch.zeros_like(p).index_add(0, rows, gn)
-    f0 = torch.zeros(c, dtype=torch.float64, device=d.device).index_add(0, rows, loss) + 0.5 * torch.einsum("cs,cst,ct->c", d, p, d)
+    pd = (p @ d[..., None])[..., 0]
+    weighted = (a * a * s * (1 - s))[:, None] * jac
+    if c == 1:  # one component: plain sums
+        g = grad.sum(0, keepdim=True) + pd
+        h = p + (weighted.T @ jac)[None]
+        f0 = loss.sum(0, keepdim=True) + 0.5 * (d * pd).sum(-1)
+    else:
+        rows = virtual.rows
+        g = torch.zeros_like(d).index_add(0, rows, grad) + pd
+        h = p + torch.zeros_like(p).index_add(0, rows, weighted[:, :, None] * jac[:, None, :])
+        f0 = torch.zeros(c, dtype=torch.float64, device=d.device).index_add(0, rows, loss) + 0.5 * (d * pd).sum(-1)
     step = torch.linalg.solve(h, g[..., None])[..., 0]
     return step, h, f0, (g * step).sum(-1)
 

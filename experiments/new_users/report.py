@@ -70,8 +70,11 @@ def results_markdown(blob: dict) -> str:
             lines.append(f"| new, {n} random pairs | {_num(v['ece'])} | {_num(v['brier'])} | {_pct(v['accuracy'])} |")
         lat = r["latency"]
         lines += ["", "### Online updates (`PALModel.update_user_embeddings`, one pair at a time, one thread)", "",
-                  f"{lat['updates']} updates: median {lat['median_ms']:.3f} ms, 90th percentile {lat['p90_ms']:.3f} ms per "
-                  f"update (embeddings precomputed; the encoder's own time comes on top). After all pairs: held-out accuracy "
+                  f"{lat['updates']} updates of new users (sessions start from the prior's {lat.get('prior_components', '?')} "
+                  f"component(s)): median {lat['median_ms']:.2f} ms wall ({lat['p90_ms']:.2f} ms at the 90th percentile), "
+                  f"{lat.get('cpu_median_ms', float('nan')):.2f} ms of CPU time of the thread ({lat.get('cpu_p90_ms', float('nan')):.2f}) per "
+                  f"update, embeddings precomputed (the encoder's own time comes on top; the head's projectors of the new "
+                  f"pair are included); one `adapt` refit takes {lat['refit_ms_per_user']:.1f} ms per user. After all pairs: held-out accuracy "
                   f"{100 * lat['online_accuracy']:.1f} % online vs {100 * lat['refit_accuracy']:.1f} % for one `adapt` refit on "
                   f"the same pairs; largest weight difference {lat['max_weight_difference']:.4f}.",
                   "", f"Query time per round (all new users): " + ", ".join(
