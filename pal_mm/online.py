@@ -5,10 +5,9 @@ for a new user (its C components), the user's stored posterior (one Gaussian) fo
 objective per component c is ``(z - mu_c)^T P_c (z - mu_c) / 2 + sum_i softplus(-a m_i(z))`` over ALL
 pairs added in the session (kept in the head's reduced form). Each update takes a Gauss-Newton step
 per component from the current modes (the optima before this pair; with ``max_steps`` > 1, more
-while a step moves a mode by more than :data:`REPEAT_ABOVE`), each from one forward / backward pass
-in which every (pair, component) gets its own row of coordinates (so the pass yields every pair's
-Jacobian), with a step length from a parabola along the step (one more forward pass): the Gauss-Newton
-matrix can under- or over-estimate the curvature. The components are weighted by their Laplace
+while a step moves a mode by more than :data:`REPEAT_ABOVE`), from every (pair, component)'s margin
+gradient (the head's closed form when it has one), with a step length from a parabola along the step
+(one more forward pass): the Gauss-Newton matrix can under- or over-estimate the curvature. The components are weighted by their Laplace
 evidence and collapsed into the user's stored Gaussian, exactly as :func:`pal_mm.adaptation.adapt`
 does, so the user tracks the refit on the same pairs; components whose weight falls below
 :data:`PRUNE` leave the session. A surprising pair (a step longer than
@@ -30,6 +29,7 @@ from .posterior import UserPairs, _objective, covariance, fit_map, log_evidence,
 
 PRUNE = 1e-3  # a session drops components whose posterior weight falls below this
 REPEAT_ABOVE = 0.2  # another step (up to max_steps) while a step moves a mode by more than this
+LINE_SEARCH_ABOVE = 0.1  # steps longer than this get their length from a parabola (one more forward pass)
 
 
 @dataclass
@@ -77,7 +77,7 @@ def update_user(head, beliefs: UserBeliefs, user: int, prompt: torch.Tensor, cho
             with torch.no_grad():
                 f = _objective(virtual.margins(state.z @ basis.T), virtual.rows, c, a, state.z, state.means, state.precisions)
             break
-        if float(step.abs().max()) > 0.05:
+        if float(step.abs().max()) > LINE_SEARCH_ABOVE:
             t, f = _step_lengths(virtual, basis, a, state, step, f0, slope)
         else:  # a small step: the Gauss-Newton model, f(z - step) = f0 - slope / 2
             t, f = torch.ones_like(f0), f0 - slope / 2
@@ -102,16 +102,13 @@ def update_user(head, beliefs: UserBeliefs, user: int, prompt: torch.Tensor, cho
 
 def _gauss_newton(virtual: UserPairs, basis: torch.Tensor, a: float, state: OnlineUser):
     """Per component: the Gauss-Newton step (C, S), precision (C, S, S), objective (C,) and
-    gradient . step (C,) at the current modes, from one forward / backward pass."""
-    n, c = len(virtual), len(state.means)
-    with torch.enable_grad():
-        zz = state.z.detach()[virtual.rows].clone().requires_grad_(True)
-        m = virtual.head.margins_from_features(virtual.features, zz @ basis.T, torch.arange(n, device=zz.device))
-        loss = F.softplus(-a * m)
-        (grad,) = torch.autograd.grad(loss.sum(), zz)
-    grad, m, loss = grad.double(), m.detach().double(), loss.detach().double()
+    gradient . step (C,) at the current modes, from the head's per-pair margin gradients."""
+    c = len(state.means)
+    m, grad = virtual.head.margin_gradients_from_features(virtual.features, state.z @ basis.T, virtual.rows)
+    m, jac = m.double(), (grad @ basis).double()
+    loss = F.softplus(-a * m)
     s = torch.sigmoid(a * m)
-    jac = grad / (-a * (1 - s))[:, None]  # d softplus(-a m)/dm = -a sigmoid(-a m), never 0
+    grad = (-a * (1 - s))[:, None] * jac  # d softplus(-a m) / dz
     p = state.precisions.double()
     d = (state.z - state.means).double()
     pd = (p @ d[..., None])[..., 0]

@@ -58,18 +58,17 @@ class UserPairs:
 
     def jacobian(self, z: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Margins (n,) at coordinates ``z`` (n_users, S) and their Jacobian J (n, S),
-        ``J_i = dm_i / dz_{rows_i}``: one backward pass through a row per pair (few pairs), else
+        ``J_i = dm_i / dz_{rows_i}``: the head's per-pair gradients
+        (:meth:`~pal_mm.heads.base.PreferenceHead.margin_gradients_from_features`) for few pairs, else
         1 + S backward passes (forward-mode AD is slow on CPU)."""
         n, s = len(self), z.shape[1]
         if s == 0:
             with torch.no_grad():
                 return self.margins(z @ basis.T), torch.zeros(n, 0, dtype=z.dtype, device=z.device)
+        if n <= self.PER_PAIR_MAX:  # each pair's gradient w.r.t. its user's logits, then into the coordinates
+            m, grad = self.head.margin_gradients_from_features(self.features, z.detach() @ basis.T, self.rows)
+            return m, grad @ basis
         with torch.enable_grad():
-            if n <= self.PER_PAIR_MAX:
-                zz = z.detach()[self.rows].clone().requires_grad_(True)
-                m = self.head.margins_from_features(self.features, zz @ basis.T, torch.arange(n, device=z.device))
-                (jac,) = torch.autograd.grad(m.sum(), zz)
-                return m.detach(), jac
             zz = z.detach().clone().requires_grad_(True)
             m = self.margins(zz @ basis.T)
             weights = torch.zeros_like(m, requires_grad=True)
@@ -160,9 +159,14 @@ def per_component(pairs: UserPairs, n_components: int) -> UserPairs:
     return UserPairs(pairs.head, {k: v[idx] for k, v in pairs.features.items()}, pairs.rows[idx] * c + comp, pairs.n_users * c)
 
 
+def _logdet(m: torch.Tensor) -> torch.Tensor:
+    """log det of (..., S, S) symmetric positive definite matrices (Cholesky)."""
+    return 2 * torch.linalg.cholesky(m.double()).diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+
 def log_evidence(f: torch.Tensor, prior_precision: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
     """Laplace log evidence ``-f + log det(P)/2 - log det(H)/2`` (without the component's log weight)."""
-    return -f + 0.5 * torch.logdet(prior_precision.double()) - 0.5 * torch.logdet(precision.double())
+    return -f + 0.5 * _logdet(prior_precision) - 0.5 * _logdet(precision)
 
 
 def posterior_mixture(pairs: UserPairs, basis: torch.Tensor, a: float, log_weights: torch.Tensor, means: torch.Tensor,

@@ -132,6 +132,12 @@ def test_reduced_margins_and_jacobians_match_the_direct_ones(model_type):
             fd = (pairs.margins((z + dz) @ basis.T) - pairs.margins((z - dz) @ basis.T)) / (2 * eps)
         assert torch.allclose(jac[:, j], fd, atol=2e-2, rtol=2e-2)
     assert torch.allclose(jac[:20], jac_small, atol=1e-5)
+    # the head's closed-form per-pair gradients (PAL-B) equal the autograd default
+    from pal_mm.heads.base import PreferenceHead
+
+    m1, g1 = head.margin_gradients_from_features(pairs.features, logits, rows)
+    m2, g2 = PreferenceHead.margin_gradients_from_features(head, pairs.features, logits, rows)
+    assert torch.allclose(m1, m2, atol=1e-5) and torch.allclose(g1, g2, atol=1e-5)
 
 
 def test_map_solver_finds_the_minimum_of_the_objective(world):
@@ -388,3 +394,20 @@ def test_eval_score_inspect_commands(world, tmp_path, capsys):
     assert (tmp_path / "users.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["inspect", "--model", d]) == 0
     assert "K = 2 prototypes" in capsys.readouterr().out
+    assert main(["export", "--model", d, "--user", "new000", "--out", str(tmp_path / "rm")]) == 0
+    capsys.readouterr()
+    assert main(["inspect", "--model", str(tmp_path / "rm"), "--json"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert one["k"] == 2 and one["users"] == {} and one["weights"] == pytest.approx(model.user_weights("new000"), abs=1e-5)
+
+
+def test_inspect_picture_for_three_prototypes_is_a_simplex_scatter(tmp_path):
+    from pal_mm.inspection import plot_users
+
+    info = {"k": 3, "model_type": "pal-b", "simplex_users": True,
+            "users": {"a": [0.8, 0.1, 0.1], "b": [0.1, 0.8, 0.1], "c": [0.2, 0.2, 0.6]},
+            "users_std": {"a": [0.1, 0.05, 0.05], "b": [0.05, 0.1, 0.05], "c": [0.1, 0.1, 0.1]}, "groups": {"a": "x", "b": "y"}}
+    cov = torch.diag_embed(torch.tensor([info["users_std"][u] for u in "abc"]) ** 2)
+    plot_users(info, tmp_path / "s.png", cov)
+    plot_users({**info, "k": 3, "simplex_users": False}, tmp_path / "bars.png", cov)
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "bars.png").read_bytes()[:4] == b"\x89PNG"

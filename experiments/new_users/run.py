@@ -173,10 +173,19 @@ def update_latency(model, enc: EncodedPairs, cfg: dict) -> dict:
         refit = adapt(copy.deepcopy(model), enc.subset(sorted(rows)))
     w_on = np.array([online.user_weights(u) for u in users])
     w_re = np.array([refit.user_weights(u) for u in users])
+    # known users (their stored posterior, one component): adapted on their first 5 pairs, then updated pair by pair
+    first = [i for u in users for i in orders[u][:5]]
+    known = adapt(copy.deepcopy(model), enc.subset(sorted(first)))
+    known_cpu = []
+    for i in [i for i in order if i not in set(first)]:
+        c = time.thread_time()
+        known.update_user_embeddings(enc.user_ids[i], enc.prompt[i:i + 1], enc.chosen[i:i + 1], enc.rejected[i:i + 1])
+        known_cpu.append(time.thread_time() - c)
     ms, cpu_ms = np.array(times) * 1e3, np.array(cpu) * 1e3
     return {"updates": len(times), "median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
             "mean_ms": float(ms.mean()), "cpu_median_ms": float(np.median(cpu_ms)), "cpu_p90_ms": float(np.percentile(cpu_ms, 90)),
             "refit_ms_per_user": clock.wall * 1e3 / len(users), "prior_components": len(model.beliefs.prior_means),
+            "known_user_cpu_median_ms": float(np.median(known_cpu)) * 1e3, "known_user_updates": len(known_cpu),
             "online_accuracy": evaluate(online, test)["accuracy"], "refit_accuracy": evaluate(refit, test)["accuracy"],
             "max_weight_difference": float(np.abs(w_on - w_re).max())}
 

@@ -48,9 +48,20 @@ def run(args) -> int:
     from ..export import is_personal_model_dir
     from ..inspection import describe, plot_users, text_report
 
-    if is_personal_model_dir(args.model):
-        raise PalMMError(f"{args.model}: an exported one-user reward model (no user table); inspect the full PAL model it "
-                         "was exported from")
+    if is_personal_model_dir(args.model):  # one fixed mixture, no user table
+        from ..export import PersonalRewardModel
+
+        rm = PersonalRewardModel.from_pretrained(args.model)  # the encoder is built only when used
+        info = {"k": rm.config.k, "model_type": rm.config.model_type, "users": {}, "users_std": None,
+                "exported_for": rm.describe(), "weights": [round(w, 6) for w in rm.weights]}
+        if args.plot is not None:
+            raise PalMMError(f"{args.model}: an exported one-user reward model has no users to plot")
+        if args.json is not None:
+            c.emit_json(args.json, info)
+            if args.json == "-":
+                return 0
+        print(f"{info['model_type']} with K = {info['k']} prototypes, exported for {info['exported_for']}: weights {info['weights']}")
+        return 0
     model = load_without_encoder(args.model, args.trust_remote_code)
     info = describe(model)
     if args.plot is not None:

@@ -138,6 +138,18 @@ class PreferenceHead(nn.Module):
         w = self.weights_from_logits(logits)[user_rows]
         return self.margin(features["prompt"], features["chosen"], features["rejected"], w)
 
+    def margin_gradients_from_features(self, features: dict[str, torch.Tensor], logits: torch.Tensor,
+                                       user_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n,) margins of :meth:`margins_from_features` and (n, state_dim) their gradients, row i being
+        d m_i / d logits[user_rows[i]] (a pair depends on its own user's row only). The default uses
+        autograd with one row of logits per pair; heads may override it with a closed form."""
+        n = user_rows.shape[0]
+        with torch.enable_grad():
+            rows = logits.detach()[user_rows].clone().requires_grad_(True)
+            m = self.margins_from_features(features, rows, torch.arange(n, device=rows.device))
+            (grad,) = torch.autograd.grad(m.sum(), rows)
+        return m.detach(), grad
+
     def user_margins(self, prompt_emb: torch.Tensor, chosen_emb: torch.Tensor, rejected_emb: torch.Tensor,
                      user_rows: torch.Tensor, n_users: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """``fn(logits (n_users, state_dim)) -> (n,)``: every pair's margin as a function of the new

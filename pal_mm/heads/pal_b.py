@@ -91,7 +91,25 @@ class PALBHead(PreferenceHead):
 
     def margins_from_features(self, features, logits: torch.Tensor, user_rows: torch.Tensor) -> torch.Tensor:
         w = self.weights_from_logits(logits)[user_rows]  # (n, K)
-        norm_u = einsum(w, features["gram"], w, "n k, n k l, n l -> n").clamp_min(0).sqrt()
+        norm_u = ((w[:, None, :] @ features["gram"]) @ w[:, :, None]).reshape(-1).clamp_min(0).sqrt()  # sqrt(w^T G w)
         cos_c = (w * features["dot_c"]).sum(-1) / (norm_u * features["norm_c"]).clamp_min(1e-8)
         cos_r = (w * features["dot_r"]).sum(-1) / (norm_u * features["norm_r"]).clamp_min(1e-8)
         return self.scale().detach() * (cos_c - cos_r)
+
+    def margin_gradients_from_features(self, features, logits: torch.Tensor, user_rows: torch.Tensor):
+        """Closed form (no autograd), for fast online updates: with w = softmax(W), q = G w,
+        u = sqrt(w^T q), A = w . dot: dm/dw = s [(dot_c / |f_c| - dot_r / |f_r|) / u - (A_c / |f_c| - A_r / |f_r|) q / u^3]
+        and dm/dW = w * (dm/dw - w . dm/dw). (Ignores the 1e-8 clamps, i.e. zero-length vectors.)"""
+        if type(self).weights_from_logits is not PreferenceHead.weights_from_logits:
+            return super().margin_gradients_from_features(features, logits, user_rows)
+        with torch.no_grad():
+            w = torch.softmax(logits.detach(), dim=-1)[user_rows]  # (n, K)
+            q = (features["gram"] @ w[:, :, None])[..., 0]  # (n, K)
+            u = (w * q).sum(-1).clamp_min(1e-16).sqrt()
+            dc, dr = features["dot_c"] / features["norm_c"][:, None], features["dot_r"] / features["norm_r"][:, None]
+            a = (w * dc).sum(-1) - (w * dr).sum(-1)  # (A_c / |f_c| - A_r / |f_r|)
+            scale = self.scale()
+            m = scale * a / u
+            dm_dw = scale * ((dc - dr) / u[:, None] - (a / u.pow(3))[:, None] * q)
+            grad = w * (dm_dw - (w * dm_dw).sum(-1, keepdim=True))
+        return m, grad
