@@ -170,17 +170,18 @@ def log_evidence(f: torch.Tensor, prior_precision: torch.Tensor, precision: torc
 
 
 def posterior_mixture(pairs: UserPairs, basis: torch.Tensor, a: float, log_weights: torch.Tensor, means: torch.Tensor,
-                      precision: torch.Tensor, start: torch.Tensor | None = None):
+                      precision: torch.Tensor, start: torch.Tensor | None = None, **solver):
     """Every user's posterior under the mixture prior ``sum_c exp(log_weights_c) N(means_c, precision^-1)``
     as one Gaussian (module doc). ``log_weights`` (C,) or (U, C), ``means`` (C, S) or (U, C, S) (a
-    prior per user), ``precision`` (S, S) shared; ``start`` (U, C, S): initial coordinates. Returns
-    (mean (U, S), precision (U, S, S), every component's mode (U, C, S))."""
+    prior per user), ``precision`` (S, S) shared; ``start`` (U, C, S): initial coordinates; ``solver``:
+    :func:`fit_map`'s tolerances. Returns (mean (U, S), precision (U, S, S), every component's mode
+    (U, C, S))."""
     u, c, s = pairs.n_users, means.shape[-2], means.shape[-1]
     dev = pairs.rows.device
     mu = means.to(dev).expand(u, c, s).reshape(u * c, s)
     prec = precision.to(dev).expand(u * c, s, s)
     virtual = per_component(pairs, c)
-    z, h = fit_map(virtual, basis, a, mu, prec, start=None if start is None else start.reshape(u * c, s))
+    z, h = fit_map(virtual, basis, a, mu, prec, start=None if start is None else start.reshape(u * c, s), **solver)
     if c == 1:
         return z, h, z.reshape(u, 1, s)
     with torch.no_grad():

@@ -37,7 +37,8 @@ from .fewshot import fewshot_split, mean_std
 from .posterior import UserPairs, covariance, laplace_precision, margin_variance, posterior_mixture, predictive
 from .scoring import pair_margins
 
-STRENGTHS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+STRENGTHS = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
+SELECTION_SOLVER = {"tol": 1e-3, "ftol": 1e-4, "max_iter": 25}  # choosing needs less precision than adapt
 SELECTION_NS = (1, 2, 5, 10)
 SELECTION_SEEDS = (0, 1)
 MAX_SELECTION_USERS = 200
@@ -225,7 +226,8 @@ def choose_prior(model, beliefs: UserBeliefs, z: torch.Tensor, fits: dict[int, d
         loo_logw, loo_means = leave_one_out(z, mixture)
         logw, means, start = loo_logw[real].to(dev), loo_means[real].to(dev), None
         for strength in sorted(STRENGTHS, reverse=True):  # strong to weak priors, each fit warm-started at the last
-            mean, prec, start = posterior_mixture(fit_pairs, basis, a, logw, means, mixture["precision"].to(dev) * strength, start)
+            mean, prec, start = posterior_mixture(fit_pairs, basis, a, logw, means, mixture["precision"].to(dev) * strength, start,
+                                                  **SELECTION_SOLVER)
             m, jac = test_pairs.jacobian(mean, basis)
             p = predictive(m, margin_variance(jac, covariance(prec)[te_v]), a).clamp(1e-12, 1)
             by_n = {n: {"brier": float(((1 - p[blocks == n]) ** 2).mean()), "log_loss": float(-p[blocks == n].log().mean()),

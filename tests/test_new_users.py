@@ -171,13 +171,13 @@ def test_map_solver_finds_the_minimum_of_the_objective(world):
 def test_training_fits_calibration_prior_and_posteriors(world):
     model = world["model"]
     b = model.beliefs
-    assert 0.01 <= b.inv_temperature <= 100 and b.strength in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+    assert 0.01 <= b.inv_temperature <= 100 and b.strength in (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
     c = len(b.prior_means)
     assert b.prior_means.shape == (c, 1) and b.prior_log_weights.shape == (c,) and b.prior_precision.shape == (1, 1)
     assert c == 2 and model.metrics["beliefs"]["prior_components"] == 2  # two groups of users
     assert b.precision.shape == (len(model.users), 1, 1)
     sel = model.metrics["beliefs"]["prior_selection"]
-    strengths = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+    strengths = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
     assert set(sel["brier"]) == {f"C={c},s={s}" for c in (1, 2) for s in strengths}
     assert sel["accuracy"][f"C=2,s={b.strength}"] >= max(sel["accuracy"].values()) - 1e-3
     m = evaluate(model, world["test"])

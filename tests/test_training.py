@@ -175,7 +175,7 @@ def test_adapt_fits_new_users_without_moving_seen_users(pal_b, data):
     assert len(model.users) == len(pal_b.users) + 6
     acc_new = evaluate(model, test_new)["accuracy"]
     uniform = copy.deepcopy(pal_b)
-    adapt(uniform, train_new, AdaptConfig(steps=0))
+    adapt(uniform, train_new, AdaptConfig(prior=False, steps=0))  # the uniform mixture
     assert acc_new > evaluate(uniform, test_new)["accuracy"] + 0.05
     assert acc_new >= 0.75
     with pytest.raises(PalMMError, match="already in the model"):

@@ -1,5 +1,5 @@
 """results.md and the plots of experiments/new_users (from results.json; ``python -m
-experiments.new_users.report [RESULTS_DIR]`` re-renders the markdown)."""
+experiments.new_users.report [RESULTS_DIR]`` re-renders the markdown and the two curve plots)."""
 
 from __future__ import annotations
 
@@ -123,7 +123,9 @@ def plot_all(blob: dict, reliability: dict, out: Path) -> None:
             ns = sorted(int(n) for n in curve)
             ax.errorbar(ns, [100 * curve[str(n)]["accuracy"][0] for n in ns], [100 * curve[str(n)]["accuracy"][1] for n in ns],
                         fmt="-^", capsize=2, label=f"asked ({st})")
-        ax.axhline(100 * s["population"]["accuracy"][0], color="grey", ls="--", lw=1, label="population (no pairs)")
+        pop = 100 * s["population"]["accuracy"][0]
+        ax.axhline(pop, color="grey", ls="--", lw=1, label="population (no pairs)")
+        ax.set_ylim(bottom=min(ax.get_ylim()[0], pop - 2))
         ax.set_title(name)
         ax.set_xlabel("labelled pairs of the new user")
         ax.set_ylabel("held-out accuracy (%)")
@@ -142,7 +144,7 @@ def plot_all(blob: dict, reliability: dict, out: Path) -> None:
     ax.set_ylabel("ECE")
     ax.legend(fontsize=7)
     save(fig, "ece_vs_n.png")
-    for name, curves in reliability.items():
+    for name, curves in (reliability or {}).items():
         plot_reliability(curves, out / f"reliability_{name}.png", title=f"Reliability, {name}")
 
 
@@ -150,6 +152,7 @@ def main(argv=None) -> None:
     out = Path((argv or sys.argv[1:] or [str(Path(__file__).parent / "results")])[0])
     blob = json.loads((out / "results.json").read_text())
     write_text(out / "results.md", results_markdown(blob))
+    plot_all(blob, None, out)  # the reliability diagrams need the probabilities: only the run writes them
 
 
 if __name__ == "__main__":
