@@ -214,19 +214,27 @@ def load_model(args: argparse.Namespace, path: str | None = None):
                              **runtime_options(args))
 
 
-def load_pal_model(args: argparse.Namespace, path: str | None = None):
-    """A full PAL model (with its user table), with the command's runtime flags."""
-    from ..model import PALModel
+def load_pal_model(args: argparse.Namespace, path: str | None = None, users=None):
+    """A full PAL model (with its user table), with the command's runtime flags. An exported one-user
+    model is accepted too: it becomes a PAL model whose ``users`` (default: the user it was exported
+    for) all have its mixture (:func:`pal_mm.export.as_pal_model`)."""
+    return as_pal(load_model(args, path), users)
 
-    return PALModel.from_pretrained(path or args.model, trust_remote_code=bool(getattr(args, "trust_remote_code", False)),
-                                    **runtime_options(args))
+
+def as_pal(model, users=None):
+    """``model`` itself for a full PAL model; :func:`pal_mm.export.as_pal_model` for an exported one."""
+    from ..export import PersonalRewardModel, as_pal_model
+
+    return as_pal_model(model, users) if isinstance(model, PersonalRewardModel) else model
 
 
 def load_data(path: str, encoder=None):
-    """Load preference data; conversational rows use the encoder's chat template if it has one."""
+    """Load preference data; conversations are rendered now, as the encoder will see them
+    (:mod:`pal_mm.conversation`), so a template that fails names its row."""
+    from ..conversation import chat_tokenizer
     from ..data import PreferenceData
 
-    return PreferenceData.load(path, chat_tokenizer=getattr(encoder, "tokenizer", None))
+    return PreferenceData.load(path, chat_tokenizer=chat_tokenizer(encoder))
 
 
 # ----- outputs --------------------------------------------------------------------------------------

@@ -8,12 +8,13 @@ EXAMPLES = """\
   pal-mm eval --model runs/m --data test.jsonl
   pal-mm eval --model runs/m --data test.jsonl --json metrics.json     # all metrics to a file
   pal-mm eval --model runs/m --data test.jsonl --json                  # ... or to stdout
+  pal-mm eval --model rm_alice --data test.jsonl      # an exported model: its mixture for every user
 """
 
 
 def add_parser(sub):
     p = c.add_command(sub, "eval", "evaluate a model on pairs of known users", EXAMPLES)
-    p.add_argument("--model", help="model directory (or Hub repo id)")
+    p.add_argument("--model", help="model directory, exported reward model or Hub repo id")
     p.add_argument("--data", help="test pairs")
     c.add_json_flag(p, "all metrics")
     c.add_runtime_flags(p)
@@ -24,8 +25,10 @@ def run(args) -> int:
     c.require(args, "model", "data")
     from ..evaluation import evaluate
 
-    model = c.load_pal_model(args)
-    metrics = evaluate(model, c.load_data(args.data, model.encoder), cache=c.make_cache(args))
+    model = c.load_model(args)  # a PAL model, or an exported one: every user of the data gets its mixture
+    data = c.load_data(args.data, model.encoder)
+    model = c.as_pal(model, users=data.users)
+    metrics = evaluate(model, data, cache=c.make_cache(args))
     metrics["model"] = str(args.model)
     metrics["data"] = str(args.data)
     if args.json is not None:
