@@ -11,6 +11,7 @@ first.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -22,6 +23,8 @@ from encoders.base import Encoder
 from .conversation import chat_tokenizer, is_conversation, is_message, needs_rendering, render_value
 from .data import PreferenceData
 from .errors import PalMMError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -89,6 +92,8 @@ def encode_values(encoder: Encoder, values: Sequence[Any], tower: str, cache=Non
             index[k] = len(unique)
             unique.append(v)
         rows.append(index[k])
+    log.debug("%s tower of %s: %d inputs, %d distinct%s", tower, encoder.name, len(values), len(unique),
+              " (through the cache)" if cache is not None and encoder.uses_cache else "")
     if cache is not None and encoder.uses_cache and not any(is_pil_image(v) for v in unique):
         emb = cache.encode(encoder, tower, unique)
     else:

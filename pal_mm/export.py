@@ -308,8 +308,9 @@ def read_export_config(directory: str | os.PathLike) -> dict:
         raise PalMMError(f"{directory}: {e}") from None
 
 
-def is_personal_model_dir(path: str | os.PathLike) -> bool:
-    """True when ``path`` (a local folder, or a Hub repo id) holds an exported reward model."""
+def is_personal_model_dir(path: str | os.PathLike, **hub_kwargs) -> bool:
+    """True when ``path`` (a local folder, or a Hub repo id) holds an exported reward model;
+    ``hub_kwargs`` (``revision``, ``token``, ``cache_dir``...) go to ``hf_hub_download``."""
     p = Path(str(path)).expanduser()
     if p.is_dir():
         file = p / CONFIG_NAME
@@ -317,7 +318,7 @@ def is_personal_model_dir(path: str | os.PathLike) -> bool:
         try:
             from huggingface_hub import hf_hub_download
 
-            file = Path(hf_hub_download(str(path), CONFIG_NAME))
+            file = Path(hf_hub_download(str(path), CONFIG_NAME, **hub_kwargs))
         except Exception:
             return False
     else:
@@ -401,8 +402,10 @@ def _model_directory(source: str | os.PathLike) -> Path:
 
 
 def load_reward_model(path: str | os.PathLike, **kwargs):
-    """A :class:`PersonalRewardModel` for an exported directory, else a :class:`PALModel`."""
-    if is_personal_model_dir(path):
+    """A :class:`PersonalRewardModel` for an exported directory, else a :class:`PALModel`
+    (``kwargs``: those of ``from_pretrained``, e.g. ``revision=``, ``token=``, ``device=``)."""
+    hub = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if kwargs.get(k) is not None}
+    if is_personal_model_dir(path, **hub):
         return PersonalRewardModel.from_pretrained(path, **kwargs)
     return PALModel.from_pretrained(path, **kwargs)
 
