@@ -3,9 +3,10 @@
 Builds the PAL paper's summarisation dataset from the Hub dataset ``openai/summarize_from_feedback``
 (config ``comparisons``), following the reference implementation (method.md section 11.1):
 
-* **Row filter:** keep SFT-vs-SFT comparisons: both summaries' ``policy`` contains ``"sup"`` and
-  neither contains ``"ppo"``. Rows whose post (``info.post``, falling back to ``info.article``) or
-  either summary text is null/empty are dropped too.
+* **Row filter:** Reddit posts only: a row without ``info.post`` (the CNN/DM news comparisons of the
+  validation splits carry ``info.article`` instead) is dropped and counted (``non_reddit``). Then keep
+  SFT-vs-SFT comparisons: both summaries' ``policy`` contains ``"sup"`` and neither contains ``"ppo"``;
+  rows with a null/empty summary text are dropped too.
 * **Seen users:** the 10 workers with the most filtered *train* rows, in descending-count order (ties
   broken by worker id). Positions 3, 4, 5 are the *minority* (prefer the SHORTER summary), the other
   seven the *majority* (prefer the LONGER summary).
@@ -22,6 +23,12 @@ Builds the PAL paper's summarisation dataset from the Hub dataset ``openai/summa
   for n in 1, 2, 5, 10, 20, 50, 100 (:func:`pal_mm.data.split_rows_per_user`, seed 42; users with
   ``<= n`` rows are dropped).
 
+**Sizes.** ``meta.json`` records the split sizes next to the paper's (:data:`PAPER_SIZES`: 20,969 /
+2,330 / 4,921 pairs, 31 unseen workers) and ``main`` prints both.
+
+**Real worker labels.** ``--labels workers`` builds LoRe's protocol instead (human labels, real
+workers, no relabelling): see :mod:`data_scripts.summary_workers`.
+
 Output: a dataset directory (:mod:`pal_mm.splits`, written atomically: a temporary directory
 renamed into place)::
 
@@ -37,7 +44,7 @@ decides "local path or Hub name?").
 
 Usage::
 
-    python -m data_scripts.summary --out DIR [--source HUB_NAME_OR_LOCAL_PATH]
+    python -m data_scripts.summary --out DIR [--source HUB_NAME_OR_LOCAL_PATH] [--labels length|workers]
 
 ``--source`` is a Hub dataset name (loaded with ``datasets.load_dataset(name, "comparisons")``) or a
 local copy in the Hub schema (rows with ``info`` {id, post, title, subreddit, article}, ``summaries``
@@ -80,8 +87,12 @@ UNSEEN_MINORITY_FRACTION = 0.3
 FEW_SHOT_NS = (1, 2, 5, 10, 20, 50, 100)
 MAJORITY, MINORITY = "majority", "minority"
 
+#: the PAL paper's sizes of this protocol
+PAPER_SIZES = {"seen_train": 20969, "seen_val": 2330, "seen_test": 4921, "unseen_users": 31}
+
 PROTOCOL = {
-    "row_filter": "both summaries' policy contains 'sup', neither contains 'ppo'; non-null texts",
+    "row_filter": "Reddit posts only (info.post present; CNN/DM rows dropped); both summaries' policy contains "
+    "'sup', neither contains 'ppo'; non-null texts",
     "seen_users": f"top {N_SEEN} workers by filtered train rows (ties by id); positions "
     f"{list(MINORITY_POSITIONS)} minority, the rest majority",
     "labels": "majority prefers the longer summary, minority the shorter; equal lengths -> the "
@@ -203,6 +214,7 @@ def build_and_write(train: list[dict], test: list[dict], out_dir: str | os.PathL
     meta["protocol"] = PROTOCOL
     meta["counts"] = {name: len(rows) for name, rows in files.items()}
     meta.update(users)
+    meta["sizes_vs_paper"] = sizes_vs_paper(meta)  # {split: [ours, the paper's]}
     splits = {s: files[f"{s}.jsonl"] for s in SPLITS}
     extra = {name: rows for name, rows in files.items() if name.removesuffix(".jsonl") not in SPLITS}
     with output_dir(Path(out_dir)) as tmp:
@@ -224,9 +236,13 @@ def _optional_str(value, where: str, field: str) -> str | None:
     return value or None
 
 
-def parse_hub_rows(rows: Iterable[tuple[str, object]]) -> list[dict]:
-    """Validate rows in the Hub schema and turn the SFT-vs-SFT ones with non-null texts into
-    comparisons. ``rows`` yields (location for error messages, row)."""
+def parse_hub_rows(rows: Iterable[tuple[str, object]], dropped: Counter | None = None, sft_only: bool = True,
+                   human_labels: bool = False) -> list[dict]:
+    """Validate rows in the Hub schema and turn the Reddit, SFT-vs-SFT ones with non-null texts into
+    comparisons. ``rows`` yields (location for error messages, row); ``dropped`` counts the rows left
+    out by reason (``non_reddit``, ``policy``, ``null_text``). ``sft_only=False`` keeps every policy
+    pair; ``human_labels`` adds the worker's ``choice`` (0: left, 1: right) to each comparison."""
+    dropped = dropped if dropped is not None else Counter()
     out = []
     for where, row in rows:
         if not isinstance(row, dict):
@@ -249,11 +265,18 @@ def parse_hub_rows(rows: Iterable[tuple[str, object]]) -> list[dict]:
             policies.append(s["policy"])
             texts.append(_optional_str(s.get("text"), where, f"summaries[{j}].text"))
         post = _optional_str(info.get("post"), where, "info.post")
-        if post is None:
-            post = _optional_str(info.get("article"), where, "info.article")
-        if not is_sft_pair(policies) or post is None or None in texts:
+        reason = ("non_reddit" if post is None else "policy" if sft_only and not is_sft_pair(policies)
+                  else "null_text" if None in texts else None)
+        if reason:
+            dropped[reason] += 1
             continue
-        out.append({"worker": worker, "prompt": f"Human: {post} Assistant:", "left": " " + texts[0], "right": " " + texts[1]})
+        c = {"worker": worker, "prompt": f"Human: {post} Assistant:", "left": " " + texts[0], "right": " " + texts[1]}
+        if human_labels:
+            choice = row.get("choice")
+            if choice not in (0, 1) or isinstance(choice, bool):
+                raise DataError(f"{where}: field 'choice': expected 0 or 1, got {choice!r}")
+            c["choice"] = choice
+        out.append(c)
     return out
 
 
@@ -301,12 +324,21 @@ def iter_split(source: str, split: str) -> Iterator[tuple[str, object]]:
 
 def build(source: str, out_dir: str | os.PathLike, train_split: str = "train", test_split: str = "validation") -> dict:
     """Build the TL;DR dataset from ``source`` into ``out_dir``; returns the meta dict."""
-    train = parse_hub_rows(iter_split(source, train_split))
-    test = parse_hub_rows(iter_split(source, test_split))
+    dropped = {"train": Counter(), "test": Counter()}
+    train = parse_hub_rows(iter_split(source, train_split), dropped["train"])
+    test = parse_hub_rows(iter_split(source, test_split), dropped["test"])
     meta_head = {"name": "summarize_from_feedback", "kind": "real", "source": source, "config": HUB_CONFIG,
                  "source_splits": {"train": train_split, "test": test_split},
-                 "filtered_comparisons": {"train": len(train), "test": len(test)}}
+                 "filtered_comparisons": {"train": len(train), "test": len(test)},
+                 "dropped_rows": {k: dict(sorted(v.items())) for k, v in dropped.items()}}
     return build_and_write(train, test, out_dir, meta_head)
+
+
+def sizes_vs_paper(meta: dict) -> dict:
+    """{split: [ours, the paper's]} for the three seen splits and the unseen workers."""
+    ours = {s: meta["counts"][f"{s}.jsonl"] for s in ("seen_train", "seen_val", "seen_test")}
+    ours["unseen_users"] = len(meta["unseen_users"])
+    return {k: [ours[k], PAPER_SIZES[k]] for k in PAPER_SIZES}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,11 +347,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default=HUB_NAME, help=f"Hub dataset name or local file/directory (default {HUB_NAME})")
     parser.add_argument("--train-split", default="train", help="split used for seen users' train/val (default train)")
     parser.add_argument("--test-split", default="validation", help="split used for seen test and unseen users (default validation)")
+    parser.add_argument("--labels", default="length", choices=("length", "workers"),
+                        help="length: the P-RLHF synthetic length users (default); workers: real worker ids and their "
+                        "own labels (LoRe's protocol, data_scripts.summary_workers)")
     args = parser.parse_args(argv)
 
     def body():
+        if args.labels == "workers":
+            from .summary_workers import build as build_workers
+
+            meta = build_workers(args.source, args.out, args.train_split, args.test_split)
+            print(f"wrote {args.out}: {meta['users']['seen']} seen / {meta['users']['unseen']} unseen workers; "
+                  + ", ".join(f"{k} {v}" for k, v in meta["counts"].items()))
+            return
         meta = build(args.source, args.out, args.train_split, args.test_split)
         print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in meta["counts"].items() if "_n" not in k))
+        print("sizes (ours vs the paper's): " + ", ".join(f"{k} {a:,} vs {b:,}" for k, (a, b) in sizes_vs_paper(meta).items()))
 
     return run_builder(body)
 
