@@ -4,6 +4,7 @@ atomic write of a dataset directory (:mod:`pal_mm.splits` layout)."""
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 from encoders.atomic import output_dir
@@ -11,11 +12,29 @@ from pal_mm.errors import DataError
 from pal_mm.ingest import shown
 from pal_mm.splits import SPLITS, write_dataset
 
-from .summary import split_train_val  # noqa: F401  (re-exported: 90/10 per user, seed 42)
+#: the seen users' validation share and its seed (every builder's 90/10 split)
+SEED = 42
+VAL_FRACTION = 0.1
 
 #: role names of the sources -> chat roles
 ROLE_NAMES = {"user": "user", "human": "user", "model": "assistant", "assistant": "assistant", "gpt": "assistant",
               "system": "system"}
+
+
+def split_train_val(rows: list[dict], val_fraction: float = VAL_FRACTION, seed: int = SEED) -> tuple[list[dict], list[dict]]:
+    """Stratified train/val split: round(val_fraction * n_u) random rows of each user u go to val.
+    Each user's shuffle uses its own RNG seeded by (seed, user id); input order is kept."""
+    by_user: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_user.setdefault(row["user_id"], []).append(i)
+    val_idx: set[int] = set()
+    for user in sorted(by_user):
+        idx = list(by_user[user])
+        random.Random(f"{seed}:{user}").shuffle(idx)
+        val_idx.update(idx[: int(val_fraction * len(idx) + 0.5)])
+    train = [r for i, r in enumerate(rows) if i not in val_idx]
+    val = [r for i, r in enumerate(rows) if i in val_idx]
+    return train, val
 
 
 def message(role, content, where: str) -> dict:

@@ -28,7 +28,7 @@ import random
 from collections import Counter, defaultdict
 
 from .layout import split_train_val, write_splits
-from .summary import HUB_CONFIG, iter_split, parse_hub_rows
+from .tldr_source import HUB_CONFIG, iter_split, parse_hub_rows
 
 MAX_TRAIN_PAIRS = 150
 MAX_UNSEEN_PAIRS = 50
