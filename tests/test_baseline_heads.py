@@ -214,3 +214,14 @@ def test_cli_train_adapt_eval_score_export(model_type, synthetic_dir, tmp_path, 
     capsys.readouterr()
     assert main(["score", "--model", str(rm), *args]) == 0
     assert json.loads(capsys.readouterr().out)["rewards"] == pytest.approx(rewards, rel=1e-5)
+
+
+def test_vpl_training_is_seeded():
+    """Context sets and latent samples come from (init seed, step): two runs give the same model, and
+    the step counter (saved with the model, so --resume draws the same contexts) counts the steps."""
+    pairs = two_group_pairs(["a", "b", "c", "d"], 16, seed=7)
+    runs = [fit(pairs, None, PrecomputedEncoder(prompt_dim=2, item_dim=4), PALConfig(model_type="vpl", dim=8),
+                TrainConfig(epochs=2, batch_size=16, progress=False, seed=3)) for _ in range(2)]
+    a, b = (r.head.state_dict() for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert int(a["train_steps"]) == 2 * 4  # 64 pairs / 16 per batch, 2 epochs
