@@ -278,8 +278,11 @@ def validate_config(config: dict) -> dict:
         raise PalMMError(f"corrupt exported model config ({type(e).__name__}: {e})") from None
     if not all(finite_float(x) for x in weights):
         raise PalMMError("config.json mixture weights must be finite numbers")
-    if _head_has_users(head):
+    if _head_has_users(head) and _head_simplex(head):
         check_simplex(weights, head.k, "config.json mixture weights")
+    elif _head_has_users(head):  # a latent user state (vpl): any finite vector
+        if not weights:
+            raise PalMMError("config.json mixture weights: expected the user's state, got an empty list")
     elif len(weights) != head.k:
         raise PalMMError(f"config.json mixture weights: expected {head.k} entries, got {len(weights)}")
     version = cfg.get("format_version", 1)
@@ -293,6 +296,12 @@ def _head_has_users(head: PALConfig) -> bool:
     from .heads import get_head_class
 
     return get_head_class(head.model_type).has_user_state
+
+
+def _head_simplex(head: PALConfig) -> bool:
+    from .heads import get_head_class
+
+    return get_head_class(head.model_type).simplex_users
 
 
 def read_export_config(directory: str | os.PathLike) -> dict:
