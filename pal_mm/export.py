@@ -278,8 +278,11 @@ def validate_config(config: dict) -> dict:
         raise PalMMError(f"corrupt exported model config ({type(e).__name__}: {e})") from None
     if not all(finite_float(x) for x in weights):
         raise PalMMError("config.json mixture weights must be finite numbers")
-    if _head_has_users(head):
+    if _head_has_users(head) and _head_simplex(head):
         check_simplex(weights, head.k, "config.json mixture weights")
+    elif _head_has_users(head):  # a latent user state (vpl): any finite vector
+        if not weights:
+            raise PalMMError("config.json mixture weights: expected the user's state, got an empty list")
     elif len(weights) != head.k:
         raise PalMMError(f"config.json mixture weights: expected {head.k} entries, got {len(weights)}")
     version = cfg.get("format_version", 1)
@@ -295,6 +298,12 @@ def _head_has_users(head: PALConfig) -> bool:
     return get_head_class(head.model_type).has_user_state
 
 
+def _head_simplex(head: PALConfig) -> bool:
+    from .heads import get_head_class
+
+    return get_head_class(head.model_type).simplex_users
+
+
 def read_export_config(directory: str | os.PathLike) -> dict:
     directory = Path(directory)
     cfg = read_config(directory, kind="pal-mm reward model directory")
@@ -308,8 +317,9 @@ def read_export_config(directory: str | os.PathLike) -> dict:
         raise PalMMError(f"{directory}: {e}") from None
 
 
-def is_personal_model_dir(path: str | os.PathLike) -> bool:
-    """True when ``path`` (a local folder, or a Hub repo id) holds an exported reward model."""
+def is_personal_model_dir(path: str | os.PathLike, **hub_kwargs) -> bool:
+    """True when ``path`` (a local folder, or a Hub repo id) holds an exported reward model;
+    ``hub_kwargs`` (``revision``, ``token``, ``cache_dir``...) go to ``hf_hub_download``."""
     p = Path(str(path)).expanduser()
     if p.is_dir():
         file = p / CONFIG_NAME
@@ -317,7 +327,7 @@ def is_personal_model_dir(path: str | os.PathLike) -> bool:
         try:
             from huggingface_hub import hf_hub_download
 
-            file = Path(hf_hub_download(str(path), CONFIG_NAME))
+            file = Path(hf_hub_download(str(path), CONFIG_NAME, **hub_kwargs))
         except Exception:
             return False
     else:
@@ -401,10 +411,48 @@ def _model_directory(source: str | os.PathLike) -> Path:
 
 
 def load_reward_model(path: str | os.PathLike, **kwargs):
-    """A :class:`PersonalRewardModel` for an exported directory, else a :class:`PALModel`."""
-    if is_personal_model_dir(path):
+    """A :class:`PersonalRewardModel` for an exported directory, else a :class:`PALModel`
+    (``kwargs``: those of ``from_pretrained``, e.g. ``revision=``, ``token=``, ``device=``)."""
+    hub = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if kwargs.get(k) is not None}
+    if is_personal_model_dir(path, **hub):
         return PersonalRewardModel.from_pretrained(path, **kwargs)
     return PALModel.from_pretrained(path, **kwargs)
+
+
+def fixed_logits(model: PersonalRewardModel) -> torch.Tensor:
+    """(K,) user-table logits whose weights are the exported mixture: the saved logits when it was
+    exported from a user or from logits (the same numbers, so the same weights bit for bit); else
+    ``log w`` (``-1e4`` for a zero weight, whose softmax is exactly 0) for simplex heads, ``w``
+    itself for heads whose rows are not logits."""
+    saved = model.mixture.get("logits")
+    if saved is not None and len(saved) == model.config.k:
+        return torch.tensor(saved, dtype=torch.float32)
+    w = model.mixture_weights.detach().float().cpu()
+    if not model.head.simplex_users:
+        return w.clone()
+    return torch.where(w > 0, w.clamp_min(1e-38).log(), torch.full_like(w, -1e4))
+
+
+def as_pal_model(model: PersonalRewardModel, users: Sequence[str] | None = None) -> PALModel:
+    """The multi-user form of an exported one-user model: the same head (all K prototypes), the same
+    encoder, and a user table in which every user of ``users`` has the exported mixture (default:
+    the user it was exported for, if any). Each of them gets the exported model's rewards, so commands
+    written for a :class:`PALModel` (``eval``, ``adapt``, ``score-images``, ``generate``) take exported
+    models too; ``adapt`` adds new users on its prototypes."""
+    if not isinstance(model, PersonalRewardModel):
+        raise PalMMError(f"expected a PersonalRewardModel, got {type(model).__name__}")
+    users = [model.user] if users is None and model.user is not None else [str(u) for u in users or []]
+    source = model.export_config.get("source_model") or {}
+    group = source.get("user_group")
+    pal = PALModel(copy.deepcopy(model.config), model.encoder, users=users,
+                   user_groups={model.user: group} if group and model.user in users else {})
+    state = {k: v for k, v in model.head.state_dict().items() if k != "user_logits"}
+    state["user_logits"] = fixed_logits(model)[None].expand(len(users), -1).clone()
+    pal.head.load_state_dict(state)
+    pal.head.to(model.mixture_weights.device)
+    pal.metrics = dict(source.get("metrics") or {})
+    pal.data_info = {**dict(source.get("data") or {}), "exported_mixture": model.describe()}
+    return pal.eval()
 
 
 # ------------------------------------------------------------------------------------------
@@ -448,5 +496,5 @@ def score_pixels(model, prompts: str | Sequence[str], pixels: torch.Tensor, user
         model.train(was)
 
 
-__all__ = ["PersonalRewardModel", "score_pixels", "build_config", "encoder_reference", "export_personal_model", "is_personal_model_dir",
-           "load_reward_model", "read_export_config", "validate_config"]
+__all__ = ["PersonalRewardModel", "as_pal_model", "score_pixels", "build_config", "encoder_reference", "export_personal_model",
+           "fixed_logits", "is_personal_model_dir", "load_reward_model", "read_export_config", "validate_config"]

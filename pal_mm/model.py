@@ -121,6 +121,8 @@ class PALModel(HubModel, library_name="pal-mm", license="apache-2.0", repo_url="
             return self.head.user_weights(self.user_index(users).to(self.head.user_logits.device))
         if user is not None:
             w = self.head.user_weights(self.user_index([str(user)]).to(self.head.user_logits.device))
+        elif not self.head.simplex_users:
+            raise PalMMError(f"a {self.config.model_type} model's users are latent vectors, not mixtures: give user=...")
         else:
             w = torch.tensor(check_simplex(weights, self.config.k, "weights"), device=self.head.user_logits.device)[None]
         return w.expand(n, -1)

@@ -40,7 +40,7 @@ from encoders.base import Encoder
 from .checkpoint import load_checkpoint, optimizer_tensors, restore_optimizer, restore_rng, rng_tensors, save_checkpoint
 from .config import PALConfig, TrainConfig
 from .data import PreferenceData
-from .embedding import EncodedPairs, check_modalities, encode_data
+from .embedding import EncodedPairs, check_modalities, encode_data, render_data
 from .errors import PalMMError
 from .finetune import token_level_loss
 from .model import PALModel
@@ -193,13 +193,13 @@ def fit(
     if isinstance(train, PreferenceData):
         user_groups = user_groups or train.user_groups()
         check_modalities(encoder, train)
-        raw_train = train
+        raw_train = render_data(encoder, train)  # fine-tuning feeds raw inputs: conversations rendered once
         if finetune:
             encoder.freeze()
         train = encode_data(encoder, train, cache)
     if isinstance(val, PreferenceData):
         check_modalities(encoder, val)
-        raw_val = val
+        raw_val = render_data(encoder, val)
         val = encode_data(encoder, val, cache)
     _check_run(train, val, encoder, config, tc, raw_train, raw_val)
     run = _Run(train, val, encoder, config, tc, raw_train if finetune else None, raw_val if finetune else None,
