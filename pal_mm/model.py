@@ -225,7 +225,7 @@ class PALModel(HubModel, library_name="pal-mm", license="apache-2.0", repo_url="
                                rejected_emb: torch.Tensor) -> list[float]:
         """:meth:`update_user` on encoder outputs (b, dp), (b, di), (b, di) (b new pairs of one user)."""
         if not self.has_posterior:
-            raise PalMMError("update_user needs a model with a prior over users (train it with this pal-mm version)")
+            raise PalMMError("update_user needs a model with a prior over users (simplex users: pal-a, pal-b, lore; trained with this pal-mm version)")
         user = str(user)
         i = self._position(user)
         dev = self.head.user_logits.device

@@ -20,6 +20,9 @@ and validation pairs only.
    used. Without validation data: the BIC's number of components at strength 1.
 4. **Seen users' posteriors.** The Laplace precision at each seen user's trained row: the prior's
    precision plus the Gauss-Newton terms of the user's training pairs.
+
+Steps 2-4 need simplex users (PAL-A, PAL-B, LoRe; K <= 17) and at least 3 seen users; other models get
+the calibration only (heads whose users are latents, like VPL's, infer them in their own way).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ MAX_TEST_PAIRS = 30  # per user and block
 MAX_COMPONENTS = 8
 SHRINK, FLOOR = 0.1, 1e-2
 MIN_USERS = 3
+MAX_COORDINATES = 16
 SCORES = ("brier", "log_loss", "accuracy")
 
 
@@ -138,7 +142,9 @@ def fit_beliefs(model, train: EncodedPairs, val: EncodedPairs | None) -> UserBel
         beliefs.inv_temperature = fit_inv_temperature(pair_margins(model, val).tolist())
     report["inv_temperature"] = round(beliefs.inv_temperature, 6)
     basis = user_basis(head.state_dim, head.simplex_users)
-    if head.has_user_state and basis.shape[1] > 0 and len(model.users) >= MIN_USERS:
+    # a prior and posteriors for users that are points on the simplex (K - 1 <= MAX_COORDINATES coordinates);
+    # other heads (e.g. VPL's amortised latents) get the calibration only
+    if head.has_user_state and head.simplex_users and 0 < basis.shape[1] <= MAX_COORDINATES and len(model.users) >= MIN_USERS:
         z = head.user_logits.detach().cpu().float() @ basis
         fits = fit_mixtures(z)
         by_bic = min(fits, key=lambda c: (fits[c]["bic"], c))

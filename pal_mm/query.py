@@ -153,7 +153,7 @@ def select_queries(model, pool: Pool | PreferenceData, n: int, exclude: set[tupl
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise PalMMError(f"n must be a positive integer, got {n!r}")
     if not model.has_posterior:
-        raise PalMMError("query needs a model with a prior over users (trained with this pal-mm version, with user state)")
+        raise PalMMError("query needs a model with a prior over users (simplex users: pal-a, pal-b, lore; trained with this pal-mm version)")
     data = pool.data if isinstance(pool, Pool) else pool
     seen, candidates = set(exclude or ()), {}
     for i, key in enumerate(pair_key(*r) for r in zip(data.user_ids, data.prompts, data.chosen, data.rejected)):
