@@ -16,7 +16,7 @@ from .commands._common import CommandParser, apply_yaml_config, normalize_json_f
 from .version import __version__
 
 COMMANDS = ["train", "adapt", "eval", "score", "query", "inspect", "encoders", "heads", "embed", "export", "convert", "score-images",
-            "generate", "split", "push"]
+            "generate", "split", "push", "demo"]
 
 
 def build_parser() -> tuple[CommandParser, dict]:
