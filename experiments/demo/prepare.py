@@ -69,7 +69,9 @@ def prepare(name: str, cfg: dict | None = None) -> tuple[Path, Path]:
     from encoders.cache import EmbeddingCache
 
     cache = EmbeddingCache() if encoder.uses_cache else None
+    torch.set_num_threads(2)  # encoding may use both cores; the head one (threads spin-wait on a shared CPU)
     enc = {k: encode_data(encoder, splits[k], cache) for k in ("seen_train", "seen_val")}
+    torch.set_num_threads(1)
     groups = {**splits["seen_train"].user_groups(), **splits["unseen"].user_groups()}
     torch.manual_seed(0)
     log(f"{name}: training {tc['head']} on {len(splits['seen_train'])} pairs of {len(splits['seen_train'].users)} users")

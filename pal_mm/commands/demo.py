@@ -34,12 +34,12 @@ def run(args) -> int:
         raise PalMMError(f"--port must be between 1 and 65535, got {args.port}")
     if args.max_pairs < 1:
         raise PalMMError(f"--max-pairs must be a positive integer, got {args.max_pairs}")
-    from ..demo_app import build_app, launch, require_gradio
-
-    require_gradio()  # before loading anything
     if args.pool is None:
         raise PalMMError(f"--model {args.model}: a pal-mm model does not keep its training pairs; give the candidate pairs "
                          "with --pool POOL (columns user_id, prompt, response_a, response_b)")
+    from ..demo_app import build_app, launch, require_gradio
+
+    require_gradio()  # before loading anything
     from ..demo import Demo
     from ..query import read_pool
 
