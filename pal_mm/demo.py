@@ -276,7 +276,7 @@ class Demo:
                 columns.append(("weights " + ", ".join(f"{x:g}" for x in weights), self.model.reward(prompt, list(responses),
                                                                                                        weights=weights)))
         headers = ["response"]
-        data = [[show(r, 120)] for r in responses]
+        data = [[Path(r).name if self.kind == "image" and isinstance(r, str) else show(r, 120)] for r in responses]
         for name, r in columns:
             headers += [f"{name}: reward", f"{name}: rank"]
             ranks = {i: n + 1 for n, i in enumerate(sorted(range(len(r)), key=lambda i: -r[i]))}

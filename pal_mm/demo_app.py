@@ -71,9 +71,9 @@ def build_app(demo, title: str = "pal-mm: find your taste", work_dir: str | Path
 
     def top(view: dict, prompt_index):
         index = demo.ranked_prompts.index(prompt_index) if prompt_index in demo.ranked_prompts else 0
-        prompt, best = demo.top_items(view["weights"], index)
+        prompt, best = demo.top_items(view["weights"], index, k=4 if images else 5)
         if images:
-            return [(str(x), f"#{n + 1}  reward {r:.3f}") for n, (x, r) in enumerate(best)]
+            return [(str(x), f"#{n + 1}: {r:.2f}") for n, (x, r) in enumerate(best)]
         rows = "\n".join(f"{n + 1}. ({r:.3f}) {show(x, 300)}" for n, (x, r) in enumerate(best))
         return f"**Prompt:** {show(prompt, 300)}\n\n{rows}" if prompt is not None else "(no prompt to rank)"
 
@@ -129,14 +129,15 @@ def build_app(demo, title: str = "pal-mm: find your taste", work_dir: str | Path
                 restart_btn = gr.Button("Start over")
             summary_md = gr.Markdown()
             with gr.Row():
-                plot = gr.Plot(label="Your place on the simplex", show_label=False)
+                with gr.Column():
+                    plot = gr.Plot(label="Your place on the simplex", show_label=False)
+                    save_btn = gr.Button("Save my reward model")
+                    download = gr.File(label="Your reward model (zip)", interactive=False)
                 with gr.Column():
                     prompt_dd = gr.Dropdown(demo.ranked_prompts, value=(demo.ranked_prompts or [None])[0],
                                             label="Top items for you, for the prompt")
-                    top_out = gr.Gallery(label="Top items", columns=5, height=200) if images else gr.Markdown()
-            with gr.Row():
-                save_btn = gr.Button("Save my reward model")
-                download = gr.File(label="Your reward model (zip)", height=90)
+                    top_out = (gr.Gallery(label="Top items (reward)", columns=4, height=240, preview=False) if images
+                               else gr.Markdown())
             with gr.Accordion("Details (JSON)", open=False):
                 details = gr.JSON()
         outputs = [state, prompt_md, a_box, b_box, summary_md, plot, top_out, details]
@@ -160,7 +161,7 @@ def build_app(demo, title: str = "pal-mm: find your taste", work_dir: str | Path
             s_btn.click(guarded(score), [s_prompt, s_text, s_files, s_users, s_weights], [s_table], api_name="score")
 
         with gr.Tab("Users"):
-            gr.Image(str(users_png), label="Seen users' weights (groups coloured)", type="filepath")
+            gr.Image(str(users_png), label="Seen users' weights (groups coloured)", type="filepath", show_label=False)
             gr.Textbox(users_text, label="inspect", lines=16)
     app.pal_mm_theme = _theme(gr)
     return app

@@ -61,9 +61,12 @@ def measure(task: str, cfg: dict) -> dict:
         rows = []
         for name, rng in people:
             curve = run_person(demo, group, m["answers"], rng)
-            rows.append({"person": name, "matched_from": matched_from(curve, m["tau"], m["top1"]), "curve": curve})
+            rows.append({"person": name, "matched_from": matched_from(curve, m["tau"], m["top1"]),
+                         "tau_from": matched_from(curve, m["tau"], -1.0), "curve": curve})
         noisy = [r["matched_from"] for r in rows[1:]]
         reached = [x for x in noisy if x is not None]
+        tau_only = [r["tau_from"] for r in rows[1:]]
+        tau_reached = [x for x in tau_only if x is not None]
         out["groups"][group] = {
             "group_weights": [round(x, 4) for x in weights],
             "seen_users": sum(demo.model.user_groups.get(u) == group for u in demo.seen_users),
@@ -71,10 +74,13 @@ def measure(task: str, cfg: dict) -> dict:
             "noisy_median": statistics.median(reached) if reached else None,
             "noisy_range": [min(reached), max(reached)] if reached else None,
             "noisy_matched": f"{len(reached)}/{len(noisy)}",
+            "tau_only": {"deterministic": rows[0]["tau_from"], "noisy_median": statistics.median(tau_reached) if tau_reached else None,
+                         "noisy_range": [min(tau_reached), max(tau_reached)] if tau_reached else None,
+                         "noisy_matched": f"{len(tau_reached)}/{len(tau_only)}"},
             "at_0_answers": {"tau": round(rows[0]["curve"][0]["tau"], 3), "top1": round(rows[0]["curve"][0]["top1"], 3)},
             "people": rows,
         }
-        log(f"{task}: group {group}: deterministic {rows[0]['matched_from']}, noisy {noisy}")
+        log(f"{task}: group {group}: deterministic {rows[0]['matched_from']}, noisy {noisy}; tau only: {tau_only}")
     out["seconds_per_answer"] = round((time.perf_counter() - t0) / max(1, sum(
         len(r["curve"]) - 1 for g in out["groups"].values() for r in g["people"])), 3)
     return out
@@ -88,14 +94,19 @@ def report(res: dict) -> str:
              f"updates). *Matches*: mean Kendall tau >= {m['tau']} over the ranked prompts and the same best item on >= "
              f"{m['top1']:.0%} of them, from that answer on. Noisy people sample each answer from the group's calibrated "
              f"probability ({m['people']} per group); the group's ranking is the one under the mean weights of its seen users.", "",
-             "| default | group (seen users) | group weights | at 0 answers: tau / top-1 | deterministic person | noisy: median (range), matched |",
-             "|---|---|---|---|---|---|"]
+             "| default | group (seen users) | group weights | at 0 answers: tau / top-1 | matches (tau and top-1): deterministic "
+             "person | noisy: median (range), matched | tau alone: deterministic | tau alone: noisy |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def fmt(median, span, matched):
+        return "never" if median is None else f"{median:g} ({span[0]}-{span[1]}), {matched}"
+
     for task, t in res["tasks"].items():
         for g, r in t["groups"].items():
-            det = "never" if r["deterministic"] is None else r["deterministic"]
-            noisy = "never" if r["noisy_median"] is None else f"{r['noisy_median']:g} ({r['noisy_range'][0]}-{r['noisy_range'][1]})"
+            det, tdet = ("never" if x is None else x for x in (r["deterministic"], r["tau_only"]["deterministic"]))
             lines.append(f"| {task} | {g} ({r['seen_users']}) | {r['group_weights']} | {r['at_0_answers']['tau']} / "
-                         f"{r['at_0_answers']['top1']} | {det} | {noisy}, {r['noisy_matched']} |")
+                         f"{r['at_0_answers']['top1']} | {det} | {fmt(r['noisy_median'], r['noisy_range'], r['noisy_matched'])} | "
+                         f"{tdet} | {fmt(r['tau_only']['noisy_median'], r['tau_only']['noisy_range'], r['tau_only']['noisy_matched'])} |")
     lines += ["", "Per task: " + "; ".join(f"{k}: {t['pairs']} candidate pairs, {t['ranked_prompts']} ranked prompts with "
                                            f"{min(t['items_per_prompt'])}-{max(t['items_per_prompt'])} items, "
                                            f"{t['seconds_per_answer']} s per answer (query + update + measure)"

@@ -79,10 +79,17 @@ class Browser:
         return self.send("Runtime.evaluate", {"expression": js, "returnByValue": True}).get("result", {}).get("value")
 
     def click(self, text: str) -> bool:
-        """Click the first button whose text is ``text``; False when there is none."""
-        return bool(self.evaluate(
-            f"(() => {{ const b = [...document.querySelectorAll('button')].find(x => x.innerText.trim() === {json.dumps(text)});"
-            " if (b) { b.click(); return true; } return false; })()"))
+        """Click (real mouse events) the first visible tab or button whose text is ``text``; False when there is none."""
+        box = self.evaluate(
+            f"(() => {{ const b = [...document.querySelectorAll('[role=tab]'), ...document.querySelectorAll('button')].find(x => x.offsetParent !== null && "
+            f"x.innerText.trim() === {json.dumps(text)}); if (!b) return null; b.scrollIntoView({{block: 'center'}}); "
+            "const r = b.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        if not box:
+            return False
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            self.send("Input.dispatchMouseEvent", {"type": kind, "x": box[0], "y": box[1], "button": "left", "clickCount": 1})
+        self.evaluate("window.scrollTo(0, 0)")
+        return True
 
     def screenshot(self, path: str | Path) -> int:
         data = base64.b64decode(self.send("Page.captureScreenshot", {"format": "png"})["data"])
