@@ -53,7 +53,7 @@ TASK ?= summary
 PORT ?= 7860
 demo: setup
 	HF_HUB_OFFLINE=1 $(PY) -m experiments.demo.prepare --task $(TASK)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pal-mm demo --model .cache/demo/$(TASK)/model --pool .cache/demo/$(TASK)/pool.jsonl --port $(PORT)
+	HF_HUB_OFFLINE=1 $(PY) -m pal_mm.cli demo --model .cache/demo/$(TASK)/model --pool .cache/demo/$(TASK)/pool.jsonl --port $(PORT)
 
 # how many answers a simulated person needs before the demo's ranking matches their group's
 demo-measure: setup

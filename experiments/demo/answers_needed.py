@@ -10,7 +10,7 @@ answers at which both are at or above the thresholds and stay there up to the la
 deterministic person per group (always the group's more likely choice) and ``people`` noisy ones
 (each answer sampled from the group's calibrated probability, seeds 0..people-1).
 
-    python -m experiments.demo.answers_needed [--tasks summary t2i]   # -> experiments/demo/results.{json,md}
+    python -m experiments.demo.answers_needed [--tasks summary t2i]   # -> experiments/demo/results/results.{json,md}
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def report(res: dict) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", nargs="+", default=["summary", "t2i"], choices=["summary", "t2i"])
-    ap.add_argument("--out", default=str(HERE), help="folder for results.json and results.md")
+    ap.add_argument("--out", default=str(HERE / "results"), help="folder for results.json and results.md")
     a = ap.parse_args(argv)
     cfg = load_config(HERE / "config.yaml")
     torch.set_num_threads(1)
