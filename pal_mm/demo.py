@@ -132,16 +132,17 @@ class Demo:
 
     def weights(self, user: str) -> tuple[list[float], list[float]]:
         """(weights, posterior std) of a session user (the prior before the first answer)."""
-        if self.model._position(user) is None:
-            return self.prior_weights()
-        return self.model.user_weights(user), self.model.user_weight_std([user])[0].tolist()
+        with self.lock:  # another session may be growing the user table
+            if self.model._position(user) is None:
+                return self.prior_weights()
+            return self.model.user_weights(user), self.model.user_weight_std([user])[0].tolist()
 
     def group_weights(self) -> dict[str, list[float]]:
         """Mean weights of the seen users per group (all seen users as one group when the model has none)."""
         m = self.model
         if not self.seen_users:
             return {}
-        with torch.no_grad():
+        with self.lock, torch.no_grad():
             w = m.head.user_weights(m.user_index(self.seen_users).to(m.head.user_logits.device)).cpu()
         groups = [m.user_groups.get(u, GROUPLESS) for u in self.seen_users]
         return {g: w[[i for i, x in enumerate(groups) if x == g]].mean(0).tolist() for g in sorted(set(groups))}
@@ -294,7 +295,7 @@ class Demo:
 
         m = self.model
         k = m.config.k
-        with torch.no_grad():
+        with self.lock, torch.no_grad():
             seen = m.head.user_weights(m.user_index(self.seen_users).to(m.head.user_logits.device)).cpu().numpy() \
                 if self.seen_users else None
         groups = [m.user_groups.get(u, GROUPLESS) for u in self.seen_users]
