@@ -36,6 +36,7 @@ import torch
 
 from encoders.base import Encoder
 from encoders.errors import EncoderError
+from encoders.pixels import check_pixels
 
 from .beliefs import UserBeliefs
 from .config import PALConfig
@@ -497,16 +498,6 @@ def as_pal_model(model: PersonalRewardModel, users: Sequence[str] | None = None)
 # ------------------------------------------------------------------------------------------
 # Differentiable image scores
 # ------------------------------------------------------------------------------------------
-def _check_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    if not isinstance(pixels, torch.Tensor) or not pixels.is_floating_point():
-        raise PalMMError("pixels must be a float tensor (B, 3, H, W) with values in [0, 1]")
-    if pixels.ndim == 3:
-        pixels = pixels[None]
-    if pixels.ndim != 4 or pixels.shape[1] != 3:
-        raise PalMMError(f"pixels must have shape (B, 3, H, W), got {tuple(pixels.shape)}")
-    return pixels
-
-
 def score_pixels(model, prompts: str | Sequence[str], pixels: torch.Tensor, user: str | None = None,
                  weights: Sequence[float] | None = None) -> torch.Tensor:
     """Differentiable rewards (B,) of images ``pixels`` (B, 3, H, W) in [0, 1] for the prompt(s)
@@ -515,7 +506,10 @@ def score_pixels(model, prompts: str | Sequence[str], pixels: torch.Tensor, user
     gradient reaches ``pixels`` (and whatever produced them)."""
     if isinstance(model, (str, os.PathLike)):
         model = load_reward_model(model)
-    pixels = _check_pixels(pixels)
+    try:
+        pixels = check_pixels(pixels)
+    except EncoderError as e:  # pal_mm's API raises its own error type
+        raise PalMMError(str(e)) from None
     n = pixels.shape[0]
     if isinstance(prompts, str):
         prompts = [prompts] * n
