@@ -42,33 +42,17 @@ from .beliefs import UserBeliefs
 from .config import PALConfig
 from .embedding import broadcast_inputs, encode_values
 from .errors import PalMMError
+from .export_config import (FORMAT, FORMAT_VERSION, build_config, encoder_reference, is_personal_model_dir,
+                            read_export_config, validate_config)
 from .heads import create_head
-from .hub import (CONFIG_NAME, ENCODER_WEIGHTS_NAME, WEIGHTS_NAME, HubModel, encoder_from_reference, finite_float,
-                  load_tensors, looks_like_repo_id, read_config, read_json, tensors_bytes, verify_files, write_model_files)
-from .mixture import check_simplex, describe_mixture, resolve_mixture
+from .hub import (ENCODER_WEIGHTS_NAME, WEIGHTS_NAME, HubModel, encoder_from_reference, load_tensors, looks_like_repo_id,
+                  tensors_bytes, verify_files, write_model_files)
+from .mixture import describe_mixture, resolve_mixture
 from .model import PALModel, read_pal_dir
 from .version import __version__
 
-FORMAT = "personal-reward-model"
-FORMAT_VERSION = 1
 MIXTURE_KEY = "mixture_weights"
 HEAD_PREFIX = "head."
-
-
-def encoder_reference(encoder: Encoder, fine_tuned: bool | None = None) -> dict:
-    return {"name": encoder.name, "config": encoder.config(), "fingerprint": encoder.fingerprint(),
-            "fine_tuned": encoder.weights_changed if fine_tuned is None else bool(fine_tuned),
-            "prompt_modality": encoder.prompt_modality, "item_modality": encoder.item_modality}
-
-
-def _modalities(name: str) -> dict:
-    try:
-        from encoders import get_encoder_class
-
-        cls = get_encoder_class(name)
-        return {"prompt_modality": cls.prompt_modality, "item_modality": cls.item_modality}
-    except EncoderError:  # a plug-in that is not installed here: export still works
-        return {"prompt_modality": None, "item_modality": None}
 
 
 # ------------------------------------------------------------------------------------------
@@ -281,108 +265,6 @@ class PersonalRewardModel(HubModel, library_name="pal-mm", license="apache-2.0",
 
 
 # ------------------------------------------------------------------------------------------
-# Config
-# ------------------------------------------------------------------------------------------
-def validate_config(config: dict) -> dict:
-    """Check an exported config (a deep copy is returned)."""
-    if not isinstance(config, dict) or config.get("pal_mm_format") != FORMAT:
-        raise PalMMError("not an exported pal-mm reward model config (expected \"pal_mm_format\": \"personal-reward-model\")")
-    cfg = copy.deepcopy(config)
-    try:
-        head = PALConfig.from_dict(cfg["head"])
-        enc = cfg["encoder"]
-        weights = cfg["mixture"]["weights"]
-        if not isinstance(enc, dict) or not isinstance(enc["name"], str) or not isinstance(weights, list):
-            raise TypeError("encoder must be an object with a name, mixture weights a list")
-    except (KeyError, TypeError, ValueError) as e:
-        raise PalMMError(f"corrupt exported model config ({type(e).__name__}: {e})") from None
-    if not all(finite_float(x) for x in weights):
-        raise PalMMError("config.json mixture weights must be finite numbers")
-    if "beliefs" in cfg and not isinstance(cfg["beliefs"], dict):
-        raise PalMMError("corrupt exported model config ('beliefs' must be an object)")
-    if _head_has_users(head) and _head_simplex(head):
-        check_simplex(weights, head.k, "config.json mixture weights")
-    elif _head_has_users(head):  # a latent user state (vpl): any finite vector
-        if not weights:
-            raise PalMMError("config.json mixture weights: expected the user's state, got an empty list")
-    elif len(weights) != head.k:
-        raise PalMMError(f"config.json mixture weights: expected {head.k} entries, got {len(weights)}")
-    version = cfg.get("format_version", 1)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise PalMMError(f"exported model format version {version!r} is newer than this pal-mm "
-                         f"({__version__}) understands ({FORMAT_VERSION}); upgrade pal-mm")
-    return cfg
-
-
-def _head_has_users(head: PALConfig) -> bool:
-    from .heads import get_head_class
-
-    return get_head_class(head.model_type).has_user_state
-
-
-def _head_simplex(head: PALConfig) -> bool:
-    from .heads import get_head_class
-
-    return get_head_class(head.model_type).simplex_users
-
-
-def read_export_config(directory: str | os.PathLike) -> dict:
-    directory = Path(directory)
-    cfg = read_config(directory, kind="pal-mm reward model directory")
-    if cfg.get("pal_mm_format") != FORMAT:
-        hint = " (a full PAL model: load it with PALModel.from_pretrained, or export it with `pal-mm export`)" \
-            if "head" in cfg and (directory / "users.json").is_file() else ""
-        raise PalMMError(f"{directory}: not an exported pal-mm reward model{hint}")
-    try:
-        return validate_config(cfg)
-    except PalMMError as e:
-        raise PalMMError(f"{directory}: {e}") from None
-
-
-def is_personal_model_dir(path: str | os.PathLike, **hub_kwargs) -> bool:
-    """True when ``path`` (a local folder, or a Hub repo id) holds an exported reward model;
-    ``hub_kwargs`` (``revision``, ``token``, ``cache_dir``...) go to ``hf_hub_download``."""
-    p = Path(str(path)).expanduser()
-    if p.is_dir():
-        file = p / CONFIG_NAME
-    elif not p.exists() and looks_like_repo_id(str(path)):
-        try:
-            from huggingface_hub import hf_hub_download
-
-            file = Path(hf_hub_download(str(path), CONFIG_NAME, **hub_kwargs))
-        except Exception:
-            return False
-    else:
-        return False
-    try:
-        cfg = read_json(file)
-    except PalMMError:
-        return False
-    return isinstance(cfg, dict) and cfg.get("pal_mm_format") == FORMAT
-
-
-def build_config(head_config: PALConfig, encoder_ref: dict, weights: torch.Tensor, mixture: dict,
-                 num_users: int, metrics: dict | None = None, data: dict | None = None, group: str | None = None) -> dict:
-    # local file paths of the training run stay out of a file meant for the Hub
-    data = {k: v for k, v in (data or {}).items() if not str(k).endswith(("_file", "_path", "_dir"))}
-    source = {"num_users": int(num_users), "metrics": dict(metrics or {}), "data": data}
-    if group is not None:
-        source["user_group"] = group
-    ref = dict(encoder_ref)
-    for key, value in _modalities(ref["name"]).items():
-        ref.setdefault(key, value)
-    return {
-        "pal_mm_format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "pal_mm_version": __version__,
-        "head": head_config.to_dict(),
-        "encoder": ref,
-        "mixture": {**mixture, "weights": [float(x) for x in weights.tolist()]},
-        "source_model": source,
-    }
-
-
-# ------------------------------------------------------------------------------------------
 # Export
 # ------------------------------------------------------------------------------------------
 def export_personal_model(source: PALModel | str | os.PathLike, *, user: str | None = None, weights=None, logits=None,
@@ -415,21 +297,8 @@ def export_personal_model(source: PALModel | str | os.PathLike, *, user: str | N
     with torch.no_grad():
         model.mixture_weights.copy_(w)
     model._encoder_state_file = enc_file
-    model.beliefs = one_user_beliefs(beliefs, users.index(mixture["user"]) if mixture.get("user") is not None else None)
+    model.beliefs = None if beliefs is None else beliefs.for_one_user(users.index(mixture["user"]) if mixture.get("user") is not None else None)
     return model.eval()
-
-
-def one_user_beliefs(beliefs: UserBeliefs | None, index: int | None) -> UserBeliefs | None:
-    """What an exported model keeps of its source's beliefs: the calibration, the prior over users (so
-    new users adapted on it get the same MAP fit) and one posterior precision (1, S, S): the exported
-    user's, or for explicit weights / a prototype a point (precision 1e6 I: the weights are given, not
-    estimated)."""
-    if beliefs is None or not beliefs.has_prior:
-        return None if beliefs is None else UserBeliefs(inv_temperature=beliefs.inv_temperature, strength=beliefs.strength)
-    s = beliefs.prior_precision.shape[0]
-    precision = beliefs.precision[index:index + 1] if index is not None else 1e6 * torch.eye(s)[None]
-    return UserBeliefs(beliefs.inv_temperature, beliefs.prior_means, beliefs.prior_log_weights, beliefs.prior_precision,
-                       beliefs.strength, precision.clone())
 
 
 def _model_directory(source: str | os.PathLike) -> Path:
@@ -486,10 +355,7 @@ def as_pal_model(model: PersonalRewardModel, users: Sequence[str] | None = None)
     state["user_logits"] = fixed_logits(model)[None].expand(len(users), -1).clone()
     pal.head.load_state_dict(state)
     pal.head.to(model.mixture_weights.device)
-    b = model.beliefs
-    if b is not None:  # every user of the table holds the exported user's beliefs
-        pal.beliefs = UserBeliefs(b.inv_temperature, b.prior_means, b.prior_log_weights, b.prior_precision, b.strength,
-                                  None if b.precision is None else b.precision.expand(len(users), -1, -1).clone())
+    pal.beliefs = None if model.beliefs is None else model.beliefs.repeated(len(users))  # the exported user's, for every user
     pal.metrics = dict(source.get("metrics") or {})
     pal.data_info = {**dict(source.get("data") or {}), "exported_mixture": model.describe()}
     return pal.eval()
@@ -529,5 +395,5 @@ def score_pixels(model, prompts: str | Sequence[str], pixels: torch.Tensor, user
         model.train(was)
 
 
-__all__ = ["PersonalRewardModel", "as_pal_model", "score_pixels", "build_config", "encoder_reference", "export_personal_model",
+__all__ = ["FORMAT", "FORMAT_VERSION", "PersonalRewardModel", "as_pal_model", "score_pixels", "build_config", "encoder_reference", "export_personal_model",
            "fixed_logits", "is_personal_model_dir", "load_reward_model", "read_export_config", "validate_config"]
