@@ -89,6 +89,24 @@ class UserBeliefs:
         mean, cov = collapse(logw, means, cov)
         return mean.float(), torch.linalg.inv(cov).float()
 
+    # ----- one user's share (exported one-user models) ------------------------------------------
+    def for_one_user(self, index: int | None) -> "UserBeliefs":
+        """What an exported one-user model keeps: the calibration, the prior (new users adapted on it get the
+        same MAP fit) and one posterior precision (1, S, S): user ``index``'s, or for explicit weights
+        (``index`` None) a point, ``1e6 I`` (the weights are given, not estimated)."""
+        if not self.has_prior:
+            return UserBeliefs(inv_temperature=self.inv_temperature, strength=self.strength)
+        s = self.prior_precision.shape[0]
+        precision = self.precision[index:index + 1] if index is not None else 1e6 * torch.eye(s)[None]
+        return UserBeliefs(self.inv_temperature, self.prior_means, self.prior_log_weights, self.prior_precision,
+                           self.strength, precision.clone())
+
+    def repeated(self, n_users: int) -> "UserBeliefs":
+        """One user's beliefs (precision (1, S, S)) held by ``n_users`` users."""
+        precision = None if self.precision is None else self.precision.expand(n_users, -1, -1).clone()
+        return UserBeliefs(self.inv_temperature, self.prior_means, self.prior_log_weights, self.prior_precision,
+                           self.strength, precision)
+
     # ----- storage: tensors in model.safetensors, a summary in config.json ----------------------
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"beliefs.inv_temperature": torch.tensor([float(self.inv_temperature)], dtype=torch.float64),

@@ -36,37 +36,23 @@ import torch
 
 from encoders.base import Encoder
 from encoders.errors import EncoderError
+from encoders.pixels import check_pixels
 
+from .beliefs import UserBeliefs
 from .config import PALConfig
 from .embedding import broadcast_inputs, encode_values
 from .errors import PalMMError
+from .export_config import (FORMAT, FORMAT_VERSION, build_config, encoder_reference, is_personal_model_dir,
+                            read_export_config, validate_config)
 from .heads import create_head
-from .hub import (CONFIG_NAME, ENCODER_WEIGHTS_NAME, WEIGHTS_NAME, HubModel, encoder_from_reference, finite_float,
-                  load_tensors, looks_like_repo_id, read_config, read_json, tensors_bytes, verify_files, write_model_files)
-from .mixture import check_simplex, describe_mixture, resolve_mixture
+from .hub import (ENCODER_WEIGHTS_NAME, WEIGHTS_NAME, HubModel, encoder_from_reference, load_tensors, looks_like_repo_id,
+                  tensors_bytes, verify_files, write_model_files)
+from .mixture import describe_mixture, resolve_mixture
 from .model import PALModel, read_pal_dir
 from .version import __version__
 
-FORMAT = "personal-reward-model"
-FORMAT_VERSION = 1
 MIXTURE_KEY = "mixture_weights"
 HEAD_PREFIX = "head."
-
-
-def encoder_reference(encoder: Encoder, fine_tuned: bool | None = None) -> dict:
-    return {"name": encoder.name, "config": encoder.config(), "fingerprint": encoder.fingerprint(),
-            "fine_tuned": encoder.weights_changed if fine_tuned is None else bool(fine_tuned),
-            "prompt_modality": encoder.prompt_modality, "item_modality": encoder.item_modality}
-
-
-def _modalities(name: str) -> dict:
-    try:
-        from encoders import get_encoder_class
-
-        cls = get_encoder_class(name)
-        return {"prompt_modality": cls.prompt_modality, "item_modality": cls.item_modality}
-    except EncoderError:  # a plug-in that is not installed here: export still works
-        return {"prompt_modality": None, "item_modality": None}
 
 
 # ------------------------------------------------------------------------------------------
@@ -88,6 +74,9 @@ class PersonalRewardModel(HubModel, library_name="pal-mm", license="apache-2.0",
         self.head = create_head(self.config, num_users=0)
         self.head.requires_grad_(False)  # an inference artifact; unfreeze explicitly to train it
         self.register_buffer(MIXTURE_KEY, torch.tensor(cfg["mixture"]["weights"], dtype=torch.float32))
+        # the source model's beliefs about this one user (calibration, prior, the user's posterior); None
+        # in exports made before pal-mm kept them
+        self.beliefs: UserBeliefs | None = None
         self._encoder_state_file: Path | None = None
         self._trust_remote_code = False
         self._device: str | None = None
@@ -188,10 +177,17 @@ class PersonalRewardModel(HubModel, library_name="pal-mm", license="apache-2.0",
 
     @torch.no_grad()
     def predict_preference(self, prompts: Any, responses_a: Any, responses_b: Any) -> list[float]:
-        """P(a preferred to b) = sigmoid(r(a) - r(b))."""
-        ra = torch.tensor(self.reward(prompts, responses_a))
-        rb = torch.tensor(self.reward(prompts, responses_b))
-        return torch.sigmoid(ra - rb).tolist()
+        """P(a preferred to b) = sigmoid(a * (r(a) - r(b))), ``a`` the source model's inverse temperature
+        (:attr:`inv_temperature`; the point weights; ``as_pal_model(m).predict_preference(.., user=m.user)``
+        also averages over the user's posterior)."""
+        ra = torch.tensor(self.reward(prompts, responses_a), dtype=torch.float64)
+        rb = torch.tensor(self.reward(prompts, responses_b), dtype=torch.float64)
+        return torch.sigmoid(self.inv_temperature * (ra - rb)).tolist()
+
+    @property
+    def inv_temperature(self) -> float:
+        """The calibration of the model this one was exported from (1.0 when it had none)."""
+        return float(self.beliefs.inv_temperature) if self.beliefs is not None else 1.0
 
     def score_pixels(self, prompts: str | Sequence[str], pixels: torch.Tensor) -> torch.Tensor:
         """Differentiable reward of images given as a (B, 3, H, W) float tensor in [0, 1];
@@ -204,8 +200,12 @@ class PersonalRewardModel(HubModel, library_name="pal-mm", license="apache-2.0",
         fine-tuned), then config.json with their checksums."""
         tensors = {HEAD_PREFIX + k: v for k, v in self.head.state_dict().items() if k != "user_logits"}
         tensors[MIXTURE_KEY] = self.mixture_weights
-        files = {WEIGHTS_NAME: tensors_bytes(tensors)}
         cfg = copy.deepcopy(self.export_config)
+        cfg.pop("beliefs", None)
+        if self.beliefs is not None:
+            tensors.update(self.beliefs.tensors())
+            cfg["beliefs"] = self.beliefs.summary()
+        files = {WEIGHTS_NAME: tensors_bytes(tensors)}
         cfg.pop("files", None)
         cfg.pop("hub_config", None)
         cfg["pal_mm_version"] = __version__
@@ -249,7 +249,11 @@ class PersonalRewardModel(HubModel, library_name="pal-mm", license="apache-2.0",
         head_state = self.head.state_dict()
         expected = {HEAD_PREFIX + k: v for k, v in head_state.items() if k != "user_logits"}
         expected[MIXTURE_KEY] = self.mixture_weights
+        summary = self.export_config.get("beliefs")
+        if summary is not None:
+            expected.update(UserBeliefs.expected(summary, 1))
         tensors = load_tensors(file, expected)
+        self.beliefs = UserBeliefs.from_tensors(tensors, str(file)) if summary is not None else None
         state = {k[len(HEAD_PREFIX):]: v for k, v in tensors.items() if k.startswith(HEAD_PREFIX)}
         state["user_logits"] = head_state["user_logits"]
         self.head.load_state_dict(state)
@@ -258,106 +262,6 @@ class PersonalRewardModel(HubModel, library_name="pal-mm", license="apache-2.0",
             raise PalMMError(f"{file}: mixture weights {w.tolist()} disagree with config.json {self.mixture_weights.tolist()}")
         with torch.no_grad():
             self.mixture_weights.copy_(w)
-
-
-# ------------------------------------------------------------------------------------------
-# Config
-# ------------------------------------------------------------------------------------------
-def validate_config(config: dict) -> dict:
-    """Check an exported config (a deep copy is returned)."""
-    if not isinstance(config, dict) or config.get("pal_mm_format") != FORMAT:
-        raise PalMMError("not an exported pal-mm reward model config (expected \"pal_mm_format\": \"personal-reward-model\")")
-    cfg = copy.deepcopy(config)
-    try:
-        head = PALConfig.from_dict(cfg["head"])
-        enc = cfg["encoder"]
-        weights = cfg["mixture"]["weights"]
-        if not isinstance(enc, dict) or not isinstance(enc["name"], str) or not isinstance(weights, list):
-            raise TypeError("encoder must be an object with a name, mixture weights a list")
-    except (KeyError, TypeError, ValueError) as e:
-        raise PalMMError(f"corrupt exported model config ({type(e).__name__}: {e})") from None
-    if not all(finite_float(x) for x in weights):
-        raise PalMMError("config.json mixture weights must be finite numbers")
-    if _head_has_users(head) and _head_simplex(head):
-        check_simplex(weights, head.k, "config.json mixture weights")
-    elif _head_has_users(head):  # a latent user state (vpl): any finite vector
-        if not weights:
-            raise PalMMError("config.json mixture weights: expected the user's state, got an empty list")
-    elif len(weights) != head.k:
-        raise PalMMError(f"config.json mixture weights: expected {head.k} entries, got {len(weights)}")
-    version = cfg.get("format_version", 1)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise PalMMError(f"exported model format version {version!r} is newer than this pal-mm "
-                         f"({__version__}) understands ({FORMAT_VERSION}); upgrade pal-mm")
-    return cfg
-
-
-def _head_has_users(head: PALConfig) -> bool:
-    from .heads import get_head_class
-
-    return get_head_class(head.model_type).has_user_state
-
-
-def _head_simplex(head: PALConfig) -> bool:
-    from .heads import get_head_class
-
-    return get_head_class(head.model_type).simplex_users
-
-
-def read_export_config(directory: str | os.PathLike) -> dict:
-    directory = Path(directory)
-    cfg = read_config(directory, kind="pal-mm reward model directory")
-    if cfg.get("pal_mm_format") != FORMAT:
-        hint = " (a full PAL model: load it with PALModel.from_pretrained, or export it with `pal-mm export`)" \
-            if "head" in cfg and (directory / "users.json").is_file() else ""
-        raise PalMMError(f"{directory}: not an exported pal-mm reward model{hint}")
-    try:
-        return validate_config(cfg)
-    except PalMMError as e:
-        raise PalMMError(f"{directory}: {e}") from None
-
-
-def is_personal_model_dir(path: str | os.PathLike, **hub_kwargs) -> bool:
-    """True when ``path`` (a local folder, or a Hub repo id) holds an exported reward model;
-    ``hub_kwargs`` (``revision``, ``token``, ``cache_dir``...) go to ``hf_hub_download``."""
-    p = Path(str(path)).expanduser()
-    if p.is_dir():
-        file = p / CONFIG_NAME
-    elif not p.exists() and looks_like_repo_id(str(path)):
-        try:
-            from huggingface_hub import hf_hub_download
-
-            file = Path(hf_hub_download(str(path), CONFIG_NAME, **hub_kwargs))
-        except Exception:
-            return False
-    else:
-        return False
-    try:
-        cfg = read_json(file)
-    except PalMMError:
-        return False
-    return isinstance(cfg, dict) and cfg.get("pal_mm_format") == FORMAT
-
-
-def build_config(head_config: PALConfig, encoder_ref: dict, weights: torch.Tensor, mixture: dict,
-                 num_users: int, metrics: dict | None = None, data: dict | None = None, group: str | None = None) -> dict:
-    # local file paths of the training run stay out of a file meant for the Hub
-    data = {k: v for k, v in (data or {}).items() if not str(k).endswith(("_file", "_path", "_dir"))}
-    source = {"num_users": int(num_users), "metrics": dict(metrics or {}), "data": data}
-    if group is not None:
-        source["user_group"] = group
-    ref = dict(encoder_ref)
-    for key, value in _modalities(ref["name"]).items():
-        ref.setdefault(key, value)
-    return {
-        "pal_mm_format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "pal_mm_version": __version__,
-        "head": head_config.to_dict(),
-        "encoder": ref,
-        "mixture": {**mixture, "weights": [float(x) for x in weights.tolist()]},
-        "source_model": source,
-    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -372,14 +276,14 @@ def export_personal_model(source: PALModel | str | os.PathLike, *, user: str | N
     if isinstance(source, PALModel):
         head_config, head, users, groups = source.config, source.head, list(source.users), dict(source.user_groups)
         enc_ref, enc_file, metrics, data = encoder_reference(source.encoder), None, source.metrics, source.data_info
-        encoder = source.encoder
+        encoder, beliefs = source.encoder, source.beliefs
     else:
         saved = read_pal_dir(_model_directory(source))
         head_config, head, users, groups = saved.head_config, saved.head, saved.users, saved.groups
         ref = saved.encoder_ref
         enc_ref = {"name": ref["name"], "config": ref.get("config") or {}, "fingerprint": ref.get("fingerprint"),
                    "fine_tuned": bool(ref.get("fine_tuned"))}
-        enc_file, metrics, data, encoder = saved.encoder_file, saved.metrics, saved.data_info, None
+        enc_file, metrics, data, encoder, beliefs = saved.encoder_file, saved.metrics, saved.data_info, None, saved.beliefs
     w, mixture = resolve_mixture(head, users, user=user, weights=weights, logits=logits, prototype=prototype)
     group = groups.get(mixture.get("user")) if mixture.get("user") is not None else None
     cfg = build_config(head_config, enc_ref, w, mixture, len(users), metrics, data, group)
@@ -393,6 +297,7 @@ def export_personal_model(source: PALModel | str | os.PathLike, *, user: str | N
     with torch.no_grad():
         model.mixture_weights.copy_(w)
     model._encoder_state_file = enc_file
+    model.beliefs = None if beliefs is None else beliefs.for_one_user(users.index(mixture["user"]) if mixture.get("user") is not None else None)
     return model.eval()
 
 
@@ -450,6 +355,7 @@ def as_pal_model(model: PersonalRewardModel, users: Sequence[str] | None = None)
     state["user_logits"] = fixed_logits(model)[None].expand(len(users), -1).clone()
     pal.head.load_state_dict(state)
     pal.head.to(model.mixture_weights.device)
+    pal.beliefs = None if model.beliefs is None else model.beliefs.repeated(len(users))  # the exported user's, for every user
     pal.metrics = dict(source.get("metrics") or {})
     pal.data_info = {**dict(source.get("data") or {}), "exported_mixture": model.describe()}
     return pal.eval()
@@ -458,16 +364,6 @@ def as_pal_model(model: PersonalRewardModel, users: Sequence[str] | None = None)
 # ------------------------------------------------------------------------------------------
 # Differentiable image scores
 # ------------------------------------------------------------------------------------------
-def _check_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    if not isinstance(pixels, torch.Tensor) or not pixels.is_floating_point():
-        raise PalMMError("pixels must be a float tensor (B, 3, H, W) with values in [0, 1]")
-    if pixels.ndim == 3:
-        pixels = pixels[None]
-    if pixels.ndim != 4 or pixels.shape[1] != 3:
-        raise PalMMError(f"pixels must have shape (B, 3, H, W), got {tuple(pixels.shape)}")
-    return pixels
-
-
 def score_pixels(model, prompts: str | Sequence[str], pixels: torch.Tensor, user: str | None = None,
                  weights: Sequence[float] | None = None) -> torch.Tensor:
     """Differentiable rewards (B,) of images ``pixels`` (B, 3, H, W) in [0, 1] for the prompt(s)
@@ -476,7 +372,10 @@ def score_pixels(model, prompts: str | Sequence[str], pixels: torch.Tensor, user
     gradient reaches ``pixels`` (and whatever produced them)."""
     if isinstance(model, (str, os.PathLike)):
         model = load_reward_model(model)
-    pixels = _check_pixels(pixels)
+    try:
+        pixels = check_pixels(pixels)
+    except EncoderError as e:  # pal_mm's API raises its own error type
+        raise PalMMError(str(e)) from None
     n = pixels.shape[0]
     if isinstance(prompts, str):
         prompts = [prompts] * n
@@ -496,5 +395,5 @@ def score_pixels(model, prompts: str | Sequence[str], pixels: torch.Tensor, user
         model.train(was)
 
 
-__all__ = ["PersonalRewardModel", "as_pal_model", "score_pixels", "build_config", "encoder_reference", "export_personal_model",
+__all__ = ["FORMAT", "FORMAT_VERSION", "PersonalRewardModel", "as_pal_model", "score_pixels", "build_config", "encoder_reference", "export_personal_model",
            "fixed_logits", "is_personal_model_dir", "load_reward_model", "read_export_config", "validate_config"]

@@ -46,11 +46,16 @@ def pal_model_card(model, **kwargs) -> ModelCard:
         pal["metrics"] = metrics
     card_data = _card_data(["reward-model", "personalized-alignment", "pal", c.model_type], model.encoder.base_model, pal, metrics,
                            f"pal-mm {c.model_type} K={c.k}", kwargs)
+    if model.head.simplex_users:
+        users_are = f"every user is a\npoint on the {c.k}-simplex of shared prototypes (PAL, Chen et al., ICLR 2025)."
+    elif model.head.has_user_state:
+        users_are = f"every user is a\nlatent vector ({model.head.state_dim} numbers) read by one shared reward network."
+    else:
+        users_are = "one reward\nfunction shared by every user (a baseline)."
     lines = [
         f"# PAL reward model ({c.model_type}, K = {c.k})",
         "",
-        "A personalised reward model trained with [pal-mm](https://github.com/pal-mm/pal-mm): every user is a",
-        f"point on the {c.k}-simplex of shared prototypes (PAL, Chen et al., ICLR 2025).",
+        "A personalised reward model trained with [pal-mm](https://github.com/pal-mm/pal-mm): " + users_are,
         "",
         *([kwargs["description"], ""] if kwargs.get("description") else []),
         "| | |",

@@ -173,3 +173,27 @@ def test_as_pal_model_reproduces_weights_and_prototype_exports(model_dir):
         assert pal.users == ["a", "b"]
         assert pal.reward(x, items, user="b") == pytest.approx(rm.reward(x, items), abs=1e-5)
     assert as_pal_model(export_personal_model(model_dir, prototype=0)).users == []  # no user of its own
+
+
+def test_exported_model_keeps_its_users_beliefs(model_dir, exported):
+    """The export carries the source's calibration, prior and the user's posterior precision; its
+    probabilities are sigmoid(a * margin) with the source's inverse temperature a."""
+    import torch
+
+    rm_dir, user = exported
+    full, rm = PALModel.from_pretrained(model_dir), load_reward_model(rm_dir)
+    assert full.beliefs is not None and rm.beliefs is not None
+    assert rm.inv_temperature == full.beliefs.inv_temperature != 1.0
+    i = full.users.index(user)
+    assert torch.equal(rm.beliefs.precision[0], full.beliefs.precision[i])
+    assert torch.equal(rm.beliefs.prior_means, full.beliefs.prior_means)
+    x = [[0.1, -0.2, 0.3, 0.4]] * 2
+    a, b = [[0.5] * 8, [0.1 * k for k in range(8)]], [[-0.5] * 8, [0.2] * 8]
+    margin = torch.tensor(rm.reward(x, a), dtype=torch.float64) - torch.tensor(rm.reward(x, b), dtype=torch.float64)
+    assert rm.predict_preference(x, a, b) == pytest.approx(torch.sigmoid(rm.inv_temperature * margin).tolist(), abs=1e-6)
+    # explicit weights: the same calibration and prior, a point posterior
+    from pal_mm.export import export_personal_model
+
+    by_weights = export_personal_model(model_dir, weights=[0.5, 0.5])
+    assert by_weights.inv_temperature == rm.inv_temperature
+    assert torch.allclose(by_weights.beliefs.precision[0], 1e6 * torch.eye(by_weights.beliefs.precision.shape[-1]))
