@@ -159,6 +159,8 @@ def test_served_page_driven_with_gradio_client(served, tmp_path):
         view = client.predict(demo.ranked_prompts[0], api_name=f"/answer_{choice}")[-1]
     assert view["answers"] == 5 and view["user"] == first["user"] and view["closest_group"] == GROUP
     assert view["distance_to_groups"][GROUP] < first["distance_to_groups"][GROUP] - 0.2
+    k = max(range(2), key=target.__getitem__)  # the group's prototype: more weight on it than before
+    assert view["weights"][k] > first["weights"][k] + 0.2
     zipped = client.predict(api_name="/save")
     with zipfile.ZipFile(zipped) as z:
         z.extractall(tmp_path / "unzipped")
