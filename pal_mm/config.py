@@ -113,7 +113,10 @@ class TrainConfig:
     lr_encoder: float = field(default=1e-5, metadata=_help("encoder learning rate (only when it is fine-tuned)"))
     weight_decay: float = field(default=0.01, metadata=_help("decoupled weight decay of the projectors (AdamW)"))
     patience: int = field(default=5, metadata=_help("epochs without a better validation loss before stopping (0: never stop early)"))
-    restarts: int = field(default=1, metadata=_help("initialisations to train (seeds seed, seed+1, ...); the lowest validation loss is kept (needs --val)"))
+    restarts: int | None = field(default=None, metadata=_help(
+        "initialisations to train (seeds seed, seed+1, ...); the lowest validation loss is kept (needs --val). "
+        "Default: 2 for a K >= 2 model with clustered users and validation data (restart 0 clusters users by "
+        "what they prefer, restart 1 by how that depends on the prompt), else 1"))
     k_init: str = field(default="cluster", metadata=_help(
         "how a K >= 2 model starts: cluster (each user on the prototype of their cluster of preferences, prototypes "
         "fresh), split (the same users, prototypes copied from a fitted K = 1 model) or random (user logits N(0, 1)); "
@@ -143,6 +146,13 @@ class TrainConfig:
     def fine_tunes_encoder(self) -> bool:
         return bool(self.finetune_encoder or self.train_layers is not None or self.token_level)
 
+    def restarts_for(self, k: int, has_val: bool) -> int:
+        """``restarts``, or its default: 2 for K >= 2 with clustered users and validation data, else 1."""
+        if self.restarts is not None:
+            return int(self.restarts)
+        clustered = k >= 2 and self.k_init != "random" and not self.fine_tunes_encoder
+        return 2 if clustered and has_val else 1
+
     @property
     def grad_clip(self) -> float:
         """The gradient-norm bound in force (0: none)."""
@@ -151,7 +161,9 @@ class TrainConfig:
         return 1.0 if self.fine_tunes_encoder else 0.0
 
     def __post_init__(self):
-        _positive_int(self, "epochs", "batch_size", "restarts")
+        _positive_int(self, "epochs", "batch_size")
+        if self.restarts is not None:
+            _positive_int(self, "restarts")
         _non_negative_int(self, "patience")
         _positive_float(self, "lr_projector", "lr_prototypes", "lr_users", "lr_logit_scale", "lr_encoder")
         _non_negative_float(self, "weight_decay")

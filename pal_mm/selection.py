@@ -1,8 +1,8 @@
 """Choosing K on validation data: ``PALConfig(k="auto")``, ``pal-mm train --k auto``, :func:`select_k`.
 
-For K = 1, 2, ... a model is trained (see :mod:`pal_mm.splitting`: users start on their clusters' prototypes, and the
-model of K - 1 with one prototype copied is epoch 0, the fallback a K model must beat on validation by
-``SPLIT_EVIDENCE`` standard errors) and scored on two kinds of validation pairs, never on test data:
+For K = 1, 2, ... a model is trained (see :mod:`pal_mm.splitting`: users start on their clusters'
+prototypes, and the accepted smaller model, prototypes copied, is its epoch 0 and fallback) and scored
+on two kinds of validation pairs, never on test data:
 
 * **seen users**: every validation pair of the seen users, with the users' trained weights;
 * **few-shot**: seen users treated as new users, the way :mod:`pal_mm.fewshot` treats them: per user,
@@ -10,12 +10,13 @@ model of K - 1 with one prototype copied is epoch 0, the fallback a K model must
   pairs, at most 10) fit a fresh weight vector with :func:`pal_mm.adaptation.adapt`, the rest are
   scored. Extra prototypes that only fit noise make these fits worse.
 
-Each K gets the per-pair losses of both parts (the head's training loss). The rule: the **smallest K
-whose mean loss is within one standard error of the best K's** (the standard error of the mean
-per-pair difference to the best K, on the same pairs). K grows until two Ks in a row fail to
-improve on the best one, or ``ks`` ends. The per-K numbers are written to ``metrics.jsonl``
-(``{"k_selection": K, ...}`` lines after each K's epochs) and kept in ``model.metrics["k_selection"]``,
-which the model card shows.
+Each K gets the per-pair losses of both parts (the head's training loss). The rule is forward
+selection with a test: K = 1 is accepted; each next K is trained with the accepted model as its
+fallback and accepted when its mean per-pair loss beats the accepted model's by more than
+``SPLIT_EVIDENCE`` (2) standard errors of the mean difference on the same pairs; K stops growing
+after :data:`MAX_MISSES` misses in a row (or at the end of ``ks``), and the last accepted K is
+returned. The per-K numbers are written to ``metrics.jsonl`` (``{"k_selection": K, ...}`` lines after
+each K's epochs) and kept in ``model.metrics["k_selection"]``, which the model card shows.
 
 :func:`fit` is ``pal_mm.fit``: :func:`pal_mm.training.fit`, or :func:`select_k` when ``config.k`` is
 ``"auto"``.
@@ -44,12 +45,15 @@ from .fewshot import fewshot_split
 from .heads import get_head_class
 from .model import PALModel
 from .scoring import pair_margins
+from .training import SPLIT_EVIDENCE
 from .training import fit as fit_k
 
 #: the Ks tried by default (in order; stops early, see the module docstring)
 DEFAULT_KS = (1, 2, 3, 4, 5, 6, 7, 8)
 #: at most this many validation pairs per user fit the few-shot weights
 MAX_FEWSHOT_PAIRS = 10
+#: K stops growing after this many Ks in a row that do not beat the accepted one
+MAX_MISSES = 2
 
 
 def fit(train, val, encoder: Encoder, config: PALConfig | None = None, train_config: TrainConfig | None = None,
@@ -111,24 +115,24 @@ def _score(model: PALModel, val: EncodedPairs, rows) -> tuple[dict, torch.Tensor
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}, both
 
 
-def choose(losses: dict[int, torch.Tensor]) -> tuple[int, int, dict[int, float]]:
-    """(chosen K, best K, {K: standard error of the mean difference to the best K}): the smallest K
-    whose mean per-pair loss is within one standard error of the best K's."""
-    best = min(losses, key=lambda k: (float(losses[k].mean()), k))
-    se = {}
-    for k, v in losses.items():
-        d = v - losses[best]
-        se[k] = float(d.std() / math.sqrt(len(d))) if len(d) > 1 else 0.0
-    chosen = min(k for k in losses if float((losses[k] - losses[best]).mean()) <= se[k])
-    return chosen, best, se
+def accepts(candidate: torch.Tensor, current: torch.Tensor) -> tuple[bool, float | None]:
+    """(does the candidate's mean per-pair loss beat the current model's by more than
+    :data:`~pal_mm.training.SPLIT_EVIDENCE` standard errors of the mean difference?, that gain in
+    standard errors)."""
+    d = candidate - current
+    se = float(d.std()) / math.sqrt(len(d)) if len(d) > 1 else 0.0
+    if se == 0.0:
+        return False, None
+    gain = -float(d.mean()) / se
+    return gain > SPLIT_EVIDENCE, round(gain, 3)
 
 
 def select_k(train: PreferenceData | EncodedPairs, val: PreferenceData | EncodedPairs | None, encoder: Encoder,
              config: PALConfig, train_config: TrainConfig | None = None, ks=None, cache=None,
              metrics_path: str | Path | None = None, user_groups: dict | None = None,
              checkpoint_dir: str | Path | None = None, resume: bool = False) -> PALModel:
-    """Train K = 1, 2, ... (``ks``, default :data:`DEFAULT_KS`) and return the model of the K the rule
-    in the module docstring picks, with ``metrics["k_selection"]``."""
+    """Train K = 1, 2, ... (``ks``, default :data:`DEFAULT_KS`; the first is accepted) and return the model
+    of the K the rule in the module docstring picks, with ``metrics["k_selection"]``."""
     tc = train_config or TrainConfig()
     ks = sorted({int(k) for k in (ks or DEFAULT_KS)})
     if not ks or ks[0] < 1:
@@ -149,31 +153,29 @@ def select_k(train: PreferenceData | EncodedPairs, val: PreferenceData | Encoded
         raise PalMMError("k = auto chooses K on validation pairs of the seen users: give --val")
     n, *rows = fewshot_rows(val, tc.seed)
     models, losses, table, records = {}, {}, [], []
-    best_score, since_best = math.inf, 0
+    accepted, misses = None, 0
     for k in ks:
         sub = Path(checkpoint_dir) / f"k{k}" if checkpoint_dir else None
-        # the fallback of K is the model of K - 1 (cluster: fresh prototypes, so any smaller model can be
+        # the fallback of K is the accepted model (cluster: fresh prototypes, so any smaller model can be
         # copied in); split continues from copies of K = 1's prototype
-        source = (models.get(k - 1) if tc.k_init == "cluster" else models.get(1)) if k > 1 else None
+        source = (models.get(accepted) if tc.k_init == "cluster" else models.get(1)) if accepted else None
         model = fit_k(train, val, encoder, replace(copy.deepcopy(config), k=k), tc, user_groups=user_groups,
                       checkpoint_dir=sub, resume=resume, split_source=source)
         models[k] = model
         row, losses[k] = _score(model, val, rows)
-        row = {"k": k, **row, "best_epoch": model.metrics.get("best_epoch")}
+        ok, gain = (True, None) if accepted is None else accepts(losses[k], losses[accepted])
+        row = {"k": k, **row, "gain_se": gain, "accepted": ok, "best_epoch": model.metrics.get("best_epoch")}
         table.append(row)
         records += [{"k": k, **r} for r in model.history] + [{"k_selection": k, **{x: y for x, y in row.items() if x != "k"}}]
         if metrics_path:
             write_text(Path(metrics_path), "".join(json.dumps(r) + "\n" for r in records))
-        since_best = 0 if row["score"] < best_score else since_best + 1
-        best_score = min(best_score, row["score"])
-        if since_best >= 2:
+        accepted, misses = (k, 0) if ok else (accepted, misses + 1)
+        if misses >= MAX_MISSES:
             break
-    chosen, best, se = choose(losses)
-    for row in table:
-        row["se_vs_best"] = round(se[row["k"]], 6)
-    model = models[chosen]
+    model = models[accepted]
     model.metrics["k_selection"] = {
-        "chosen": chosen, "lowest_loss": best, "fewshot_pairs": n, "fewshot_users": len({val.user_ids[i] for i in rows[1]}),
-        "rule": "smallest K within one standard error of the lowest mean validation loss (seen-user pairs + few-shot pairs)",
+        "chosen": accepted, "fewshot_pairs": n, "fewshot_users": len({val.user_ids[i] for i in rows[1]}),
+        "rule": (f"K grows while a K model beats the last accepted one by more than {SPLIT_EVIDENCE:g} standard errors "
+                 f"of the mean per-pair validation loss (seen-user pairs + few-shot pairs); stops after {MAX_MISSES} misses"),
         "candidates": table}
     return model

@@ -15,6 +15,11 @@ beta <= 0.5). ``TrainConfig.k_init`` breaks the symmetry from the data itself:
   with k-means (k-means++ starts, several seeded tries) and every user starts on the prototype of
   their cluster (logit :data:`CLUSTER_LOGIT`, the others 0). Whitening matters: on the text-to-image
   default the cool / warm users are recovered from beta = 0.25 on (without it: from beta = 0.5).
+  Tastes that depend on the prompt average out of these means; the second restart (``restarts``
+  defaults to 2 for clustered mixtures) adds the products of the top whitened item and prompt
+  directions to the features, and validation keeps the better start (on the reward-function mixtures
+  of the study this raises the users' cluster purity from about 0.7 to 0.9 at K* = 3; on the
+  text-to-image default, whose groups do not depend on the caption, the plain signature is better).
 * **A fitted K = 1 model as the fallback** (``cluster``, the default, and ``split``): K = 1 is fitted
   first on the same data; :func:`split_head` copies its prototype K times (and everything shared),
   which computes exactly the K = 1 rewards for any weights. That copy is epoch 0 of the K model's
@@ -39,24 +44,36 @@ from .heads import PreferenceHead
 CLUSTER_LOGIT = 4.0
 #: at most this many whitened directions of the pair differences
 MAX_RANK = 512
+#: prompt-dependent signatures: products of this many item directions with this many prompt directions
+PROMPT_ITEM_RANK = 32
+PROMPT_RANK = 8
+
+
+def _whiten(x: torch.Tensor, rank: int) -> torch.Tensor:
+    """(n, r) the top-``rank`` principal directions of x (n, w), centred and scaled to unit variance."""
+    centred = x - x.mean(0)
+    vals, vecs = torch.linalg.eigh(centred.T @ centred / max(len(x) - 1, 1))  # ascending
+    return x @ vecs[:, -rank:] / vals[-rank:].clamp_min(1e-12).sqrt()
 
 
 @torch.no_grad()
-def user_signatures(head: PreferenceHead, chosen: torch.Tensor, rejected: torch.Tensor, user_idx: torch.Tensor,
-                    n_users: int) -> torch.Tensor:
+def user_signatures(head: PreferenceHead, prompt: torch.Tensor | None, chosen: torch.Tensor, rejected: torch.Tensor,
+                    user_idx: torch.Tensor, n_users: int) -> torch.Tensor:
     """(n_users, r) per-user means of the whitened item differences, centred over users.
 
     ``chosen`` / ``rejected``: (n, di) raw item embeddings of the training pairs, ``user_idx`` (n,)
-    their rows in the user table. Users without pairs get a zero row."""
+    their rows in the user table. With ``prompt`` (n, dp) the features also hold the products of the
+    top :data:`PROMPT_ITEM_RANK` whitened item directions with the top :data:`PROMPT_RANK` whitened
+    prompt directions: tastes that depend on the prompt (they average out of the plain differences).
+    Users without pairs get a zero row."""
     diff = (head.item_norm(chosen.float()) - head.item_norm(rejected.float())).double()  # (n, di)
     n, width = diff.shape
-    rank = max(1, min(width, math.ceil(n / 10), MAX_RANK))
-    centred = diff - diff.mean(0)
-    cov = centred.T @ centred / max(n - 1, 1)  # (di, di)
-    vals, vecs = torch.linalg.eigh(cov)  # ascending
-    vals, vecs = vals[-rank:].clamp_min(1e-12), vecs[:, -rank:]
-    white = diff @ vecs / vals.sqrt()  # (n, r)
-    sums = torch.zeros(n_users, rank, dtype=white.dtype).index_add_(0, user_idx, white)
+    white = _whiten(diff, max(1, min(width, math.ceil(n / 10), MAX_RANK)))  # (n, r)
+    if prompt is not None:
+        p = _whiten(head.prompt_norm(prompt.float()).double(), min(prompt.shape[1], PROMPT_RANK))
+        inter = white[:, -min(white.shape[1], PROMPT_ITEM_RANK):, None] * p[:, None, :]
+        white = torch.cat([white, inter.reshape(n, -1)], 1)
+    sums = torch.zeros(n_users, white.shape[1], dtype=white.dtype).index_add_(0, user_idx, white)
     counts = torch.bincount(user_idx, minlength=n_users).to(white.dtype)
     means = sums / counts.clamp_min(1).unsqueeze(1)
     seen = counts > 0
@@ -114,11 +131,12 @@ def cluster_logits(labels: torch.Tensor, k: int) -> torch.Tensor:
     return logits
 
 
-def init_users_by_cluster(head: PreferenceHead, chosen: torch.Tensor, rejected: torch.Tensor, user_idx: torch.Tensor,
-                          seed: int) -> dict:
-    """Set ``head.user_logits`` from clusters of the users' signatures (in place); returns the summary."""
+def init_users_by_cluster(head: PreferenceHead, prompt: torch.Tensor | None, chosen: torch.Tensor,
+                          rejected: torch.Tensor, user_idx: torch.Tensor, seed: int) -> dict:
+    """Set ``head.user_logits`` from clusters of the users' signatures (in place; ``prompt``: see
+    :func:`user_signatures`); returns the summary."""
     k = head.config.k
-    sig = user_signatures(head, chosen, rejected, user_idx, head.num_users)
+    sig = user_signatures(head, prompt, chosen, rejected, user_idx, head.num_users)
     labels, info = cluster_users(sig, k, seed)
     with torch.no_grad():
         head.user_logits.copy_(cluster_logits(labels, k).to(head.user_logits))

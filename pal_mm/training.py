@@ -173,6 +173,7 @@ def fit(
         check_modalities(encoder, val)
         raw_val = val
         val = encode_data(encoder, val, cache)
+    tc = replace(tc, restarts=tc.restarts_for(config.k, val is not None and len(val) > 0))
     _check_run(train, val, encoder, config, tc, raw_train, raw_val)
     if split_source is not None and (split_source.config.model_type != config.model_type or split_source.config.k >= config.k):
         raise PalMMError(f"split_source must be a {config.model_type} model with fewer than K={config.k} prototypes, "
@@ -295,10 +296,10 @@ class _Run:
                 raise PalMMError("no encoder parameter is trainable (--train-layers 0); use plain training instead")
             if self.tc.token_level:
                 self.encoder.token_states(["probe"])  # fails early for encoders without token states
-        self.init_info = self._init_users(model, seed)
+        self.init_info = self._init_users(model, seed, with_prompt=(seed - self.tc.seed) % 2 == 1)
         return model
 
-    def _init_users(self, model: PALModel, seed: int) -> dict | None:
+    def _init_users(self, model: PALModel, seed: int, with_prompt: bool) -> dict | None:
         """``k_init``: split the K = 1 source and/or start each user on their cluster's prototype."""
         head = model.head
         if head.config.k < 2 or self.tc.k_init == "random" or not head.simplex_users or head.num_users < 2:
@@ -307,8 +308,9 @@ class _Run:
             split_head(head, self.split_source.head)
             if self.split_source.config.k > 1:  # users keep their source weights (see PreferenceHead.load_split)
                 return {"k_init": "split"}
-        info = init_users_by_cluster(head, self.train.chosen, self.train.rejected, model.user_index(self.train.user_ids), seed)
-        return {"k_init": self.tc.k_init, **info}
+        info = init_users_by_cluster(head, self.train.prompt if with_prompt else None, self.train.chosen,
+                                     self.train.rejected, model.user_index(self.train.user_ids), seed)
+        return {"k_init": self.tc.k_init, "signature": "item x prompt" if with_prompt else "item", **info}
 
     def _keep_k1_unless_clearly_worse(self, core: PALModel, val: EncodedPairs, best: BestEpoch, epoch0: dict) -> None:
         """Keep the best K epoch only when its validation loss beats the source model (epoch 0: K = 1, or the

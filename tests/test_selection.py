@@ -10,19 +10,21 @@ from encoders import create_encoder
 from pal_mm import PALConfig, PreferenceData, TrainConfig, fit, select_k
 from pal_mm.embedding import encode_data
 from pal_mm.errors import PalMMError
-from pal_mm.selection import choose, fewshot_rows
+from pal_mm.selection import accepts, fewshot_rows
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_choose_is_the_smallest_k_within_one_standard_error():
-    # K = 3 has the lowest mean loss; K = 2 is 0.01 worse with a spread that makes that within one
-    # standard error (differences 0.0 and 0.02 -> mean 0.01, sd 0.01414, se 0.01); K = 1 is far worse
-    losses = {1: torch.tensor([1.0, 1.0]), 2: torch.tensor([0.5, 0.52]), 3: torch.tensor([0.5, 0.5])}
-    chosen, best, se = choose({k: v.double() for k, v in losses.items()})
-    assert best == 3 and chosen == 2 and se[2] == pytest.approx(0.01)
-    losses[2] = torch.tensor([0.53, 0.53])  # consistently worse: se 0 -> not within
-    assert choose({k: v.double() for k, v in losses.items()})[0] == 3
+def test_accepts_needs_two_standard_errors():
+    # differences -0.03 and -0.01: mean -0.02, sd 0.01414, se 0.01 -> 2.0 standard errors: not more than 2
+    current = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    ok, gain = accepts(torch.tensor([0.47, 0.49], dtype=torch.float64), current)
+    assert not ok and gain == pytest.approx(2.0)
+    ok, gain = accepts(torch.tensor([0.46, 0.49], dtype=torch.float64), current)  # mean -0.025, se 0.015: 1.67
+    assert not ok and gain == pytest.approx(1.667, abs=1e-3)
+    ok, gain = accepts(torch.tensor([0.40, 0.41, 0.40], dtype=torch.float64), torch.full((3,), 0.5, dtype=torch.float64))
+    assert ok and gain > 2  # mean -0.0967, se 0.00333: 29 standard errors
+    assert accepts(current.clone(), current) == (False, None)  # the same losses: no evidence at all
 
 
 def test_fewshot_rows_use_half_the_validation_pairs_per_user():
@@ -51,11 +53,12 @@ def test_auto_k_finds_k_true(tmp_path):
     model = fit(data["train"], data["val"], enc, PALConfig(k="auto"), TrainConfig(progress=False), metrics_path=path)
     sel = model.metrics["k_selection"]
     assert model.config.k == sel["chosen"] == 3, sel["candidates"]
-    assert [c["k"] for c in sel["candidates"]][:4] == [1, 2, 3, 4]
+    assert [c["k"] for c in sel["candidates"]] == [1, 2, 3, 4, 5]  # stops after two misses
+    assert [c["accepted"] for c in sel["candidates"]] == [True, True, True, False, False]
     records = [json.loads(line) for line in path.read_text().splitlines()]
     summary = [r for r in records if "k_selection" in r]
     assert [r["k_selection"] for r in summary] == [c["k"] for c in sel["candidates"]]
-    assert {"val_loss", "val_accuracy", "fewshot_loss", "fewshot_accuracy", "score"} <= set(summary[0])
+    assert {"val_loss", "val_accuracy", "fewshot_loss", "fewshot_accuracy", "score", "gain_se"} <= set(summary[0])
 
 
 def test_auto_k_errors():

@@ -95,7 +95,7 @@ def test_user_signatures_separate_the_groups():
     head = create_head(PALConfig(k=2, prompt_dim=3, item_dim=6, dim=8), 12)
     head.fit_normalizers(pairs.prompt, torch.cat([pairs.chosen, pairs.rejected]))
     uidx = torch.as_tensor([int(u[1:]) for u in pairs.user_ids])
-    sig = user_signatures(head, pairs.chosen, pairs.rejected, uidx, 12)
+    sig = user_signatures(head, None, pairs.chosen, pairs.rejected, uidx, 12)
     assert sig.shape[0] == 12 and torch.allclose(sig.mean(0), torch.zeros(sig.shape[1]), atol=1e-5)  # centred
     labels, info = cluster_users(sig, 2, seed=0)
     per_user_group = group[:: 30]
@@ -164,3 +164,26 @@ def test_k1_is_kept_when_nothing_beats_it(how):
     for w in (torch.tensor([1.0, 0, 0]), torch.tensor([0.1, 0.6, 0.3])):
         got = k3.head.reward(p, val.chosen[:5], w.expand(5, 3))
         assert torch.allclose(got, k1.head.reward(p, val.chosen[:5], torch.ones(5, 1)), atol=1e-5)
+
+
+def test_prompt_signature_separates_prompt_dependent_groups():
+    # group 0 prefers a large first item coordinate when the prompt's first coordinate is positive and a
+    # small one otherwise; group 1 the opposite: the plain per-user mean difference is ~0 for everybody
+    gen = torch.Generator().manual_seed(1)
+    users, per_user = 12, 80
+    n = users * per_user
+    p, a, b = torch.randn(n, 4, generator=gen), torch.randn(n, 6, generator=gen), torch.randn(n, 6, generator=gen)
+    user = torch.arange(n) // per_user
+    sign = (1 - 2 * (user % 2).float()) * torch.sign(p[:, 0])
+    first = sign * (a[:, 0] - b[:, 0]) > 0
+    chosen, rejected = torch.where(first[:, None], a, b), torch.where(first[:, None], b, a)
+    head = create_head(PALConfig(k=2, prompt_dim=4, item_dim=6, dim=8), users)
+    head.fit_normalizers(p, torch.cat([chosen, rejected]))
+    group = (torch.arange(users) % 2).tolist()
+
+    def separated(sig):
+        labels, _ = cluster_users(sig, 2, seed=0)
+        return len({(int(l), g) for l, g in zip(labels, group)}) == 2
+
+    assert separated(user_signatures(head, p, chosen, rejected, user, users))
+    assert not separated(user_signatures(head, None, chosen, rejected, user, users))

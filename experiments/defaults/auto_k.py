@@ -27,11 +27,11 @@ def run_auto_k(cfg: dict, base: dict, log=print) -> dict:
             model = fit(data["train"], data["val"], enc, PALConfig(k="auto", **cfg.get("head", {})),
                         TrainConfig(seed=seed, progress=False))
             sel = model.metrics["k_selection"]
-            runs.append({"k_true": k_true, "seed": seed, "chosen": sel["chosen"], "lowest_loss": sel["lowest_loss"],
+            runs.append({"k_true": k_true, "seed": seed, "chosen": sel["chosen"],
                          "test": round(evaluate(model, data["test"])["accuracy"], 4), "bayes": round(bayes["test"], 4),
                          "candidates": sel["candidates"], "seconds": round(time.perf_counter() - t0, 1)})
             r = runs[-1]
-            log(f"  auto K: K*={k_true} seed={seed} -> K={r['chosen']} (lowest loss at K={r['lowest_loss']}), "
+            log(f"  auto K: K*={k_true} seed={seed} -> K={r['chosen']} (tried {[c['k'] for c in r['candidates']]}), "
                 f"test {r['test']:.4f}, {r['seconds']:.0f}s")
     by_k = {str(k): sum(r["chosen"] == k for r in runs if r["k_true"] == k) / max(1, sum(r["k_true"] == k for r in runs))
             for k in cfg["k_true"]}

@@ -70,12 +70,12 @@ def results_markdown(res: dict) -> str:
         a = res["auto_k"]
         lines += ["", "## K chosen on validation (`--k auto`)", "",
                   f"Hit rate (chosen K = K*): **{100 * a['hit_rate']:.0f} %** over {len(a['runs'])} runs.", "",
-                  "| K* | seed | chosen K | lowest loss at K | test accuracy | Bayes | val loss per K (seen + few-shot) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| K* | seed | chosen K | test accuracy | Bayes | K: val loss (seen + few-shot), gain over the accepted K in SE |",
+                  "|---|---|---|---|---|---|"]
         for r in a["runs"]:
-            per_k = ", ".join(f"{c['k']}: {c['score']:.4f}" for c in r["candidates"])
-            lines.append(f"| {r['k_true']} | {r['seed']} | {r['chosen']} | {r['lowest_loss']} | {_pct(r['test'])} | "
-                         f"{_pct(r['bayes'])} | {per_k} |")
+            per_k = ", ".join(f"{c['k']}: {c['score']:.4f}" + ("" if c.get("gain_se") is None else f" ({c['gain_se']:+.1f})")
+                              for c in r["candidates"])
+            lines.append(f"| {r['k_true']} | {r['seed']} | {r['chosen']} | {_pct(r['test'])} | {_pct(r['bayes'])} | {per_k} |")
     lines += ["", "![defaults vs best vs oracle](defaults.png)", ""]
     return "\n".join(lines)
 
