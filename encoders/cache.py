@@ -44,6 +44,7 @@ import torch
 from .assets import cache_root
 from .atomic import remove_stale_temps, write_bytes
 from .base import Encoder
+from .distributed import all_gather, barrier, broadcast, world
 from .errors import EncoderError
 from .progress import progress_bar
 from .shards import KEY_BYTES, CorruptShard, TowerStore
@@ -200,7 +201,10 @@ class EmbeddingCache:
         missing = [k for k in unique if k not in found]
         self.hits += len(unique) - len(missing)
         self.misses += len(missing)
-        if missing:
+        rank, size = world()
+        if size > 1:  # several processes (accelerate launch): each encodes its share, all get every vector
+            self._encode_distributed(encoder, tower, store, fingerprint, values, first, unique, missing, found, rank, size)
+        elif missing:
             self._encode_missing(encoder, tower, store, fingerprint, [values[first[k]] for k in missing], missing, found)
         if len(store.shard_names()) > self.max_shards:
             self.compact(encoder, tower)
@@ -210,8 +214,32 @@ class EmbeddingCache:
                                f"delete {store.dir} and run again")
         return torch.from_numpy(np.stack([found[k] for k in keys]))
 
+    def _encode_distributed(self, encoder, tower, store, fingerprint, values, first, unique, missing, found, rank, size) -> None:
+        """Rank 0's list of missing inputs is split across the ranks; the new vectors are gathered on
+        every rank and stored once (by rank 0)."""
+        missing = broadcast(missing)
+        mine = missing[rank::size]
+        local: dict = {}
+        if mine:
+            self._encode_missing(encoder, tower, store, fingerprint, [values[first[k]] for k in mine], mine, local, write=False)
+        new = {k: v for part in all_gather(list(local.items())) for k, v in part}
+        found.update(new)
+        if rank == 0 and new:
+            keys = list(new)
+            emb = np.stack([new[k] for k in keys])
+            if np.isfinite(emb).all():
+                key_arr = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), KEY_BYTES)
+                self._write(lambda: store.write(key_arr, emb, {"fingerprint": fingerprint, "tower": tower}))
+        barrier()
+        rest = [k for k in unique if k not in found]  # found by rank 0 but not here: read rank 0's shards
+        if rest:
+            found.update(self._lookup(store, rest))
+        rest = [k for k in unique if k not in found]
+        if rest:
+            self._encode_missing(encoder, tower, store, fingerprint, [values[first[k]] for k in rest], rest, found, write=False)
+
     def _encode_missing(self, encoder: Encoder, tower: str, store: TowerStore, fingerprint: str,
-                        inputs: list, keys: list[bytes], found: dict) -> None:
+                        inputs: list, keys: list[bytes], found: dict, write: bool = True) -> None:
         with progress_bar(total=len(keys), desc=f"encoding {tower}s ({encoder.name})", unit="input",
                           progress=self.progress) as bar, encoder.progress_hook(bar.update):
             for s in range(0, len(keys), self.chunk_size):
@@ -223,9 +251,10 @@ class EmbeddingCache:
                 if store.dim is None:
                     store.dim = int(emb.shape[1])
                 key_arr = np.frombuffer(b"".join(chunk), dtype=np.uint8).reshape(len(chunk), KEY_BYTES)
-                if np.isfinite(emb).all():
+                finite = bool(np.isfinite(emb).all())
+                if write and finite:
                     self._write(lambda: store.write(key_arr, emb, {"fingerprint": fingerprint, "tower": tower}))
-                else:
+                elif not finite:
                     warnings.warn(f"encoder {encoder.name!r} produced NaN or infinite vectors; they are not cached")
                 found.update(zip(chunk, emb))
 

@@ -21,9 +21,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def open_rgb(path: str | os.PathLike):
-    """A PIL image in RGB (palette, grey, RGBA and CMYK are converted)."""
+def open_rgb(path):
+    """A PIL image in RGB (palette, grey, RGBA and CMYK are converted) from a file path, or from a
+    PIL image (an in-memory image is used as is, not decoded at reduced size)."""
     Image = require_module("PIL.Image")
+    if isinstance(path, Image.Image):
+        return path.convert("RGB")
     try:
         with Image.open(path) as im:
             im.draft("RGB", (512, 512))  # JPEG: decode at reduced size when it is much larger
@@ -50,7 +53,7 @@ def resize_center_crop(im, size: int, crop_pct: float = 1.0):
 
 def load_image_batch(paths: Sequence[str | os.PathLike], size: int = 224, crop_pct: float = 1.0,
                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
-    """(b,) image paths -> (b, 3, size, size) float32, normalised with ``mean``/``std``."""
+    """(b,) image paths (or PIL images) -> (b, 3, size, size) float32, normalised with ``mean``/``std``."""
     arrays = [np.asarray(resize_center_crop(open_rgb(p), size, crop_pct)) for p in paths]
     x = torch.from_numpy(np.stack(arrays))  # (b, h, w, 3) uint8
     x = rearrange(x, "b h w c -> b c h w").float().div_(255.0)

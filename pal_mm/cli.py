@@ -15,7 +15,8 @@ from encoders.errors import EncoderError
 from .commands._common import CommandParser, apply_yaml_config, normalize_json_flag, verbosity
 from .version import __version__
 
-COMMANDS = ["train", "adapt", "eval", "score", "encoders", "heads", "embed", "export", "convert", "score-images", "generate"]
+COMMANDS = ["train", "adapt", "eval", "score", "query", "inspect", "encoders", "heads", "embed", "export", "convert", "score-images",
+            "generate", "split", "push"]
 
 
 def build_parser() -> tuple[CommandParser, dict]:

@@ -183,12 +183,20 @@ class TrainConfig:
 
 @dataclass
 class AdaptConfig:
-    """How new users' K logits are fitted (a fixed number of full-batch steps: no model selection)."""
+    """How new users' K logits are fitted. With the model's prior (the default, for models that have
+    one): the MAP under the prior learned from the seen users, by Gauss-Newton steps to convergence,
+    with a Laplace posterior. Without it: a fixed number of Adam steps (no model selection either way)."""
 
-    steps: int = field(default=300, metadata=_help("optimisation steps (fixed; no model selection; 0 keeps the initial weights)"))
-    lr: float = field(default=0.05, metadata=_help("learning rate of the new users' logits"))
-    l2: float = field(default=0.0, metadata=_help("pull the logits toward 0 (the uniform mixture)"))
-    init: str = field(default="zeros", metadata=_help("initial logits: zeros (uniform mixture) or random (N(0, 1))",
+    prior: bool = field(default=True, metadata=_help(
+        "MAP under the model's prior over users (learned from the seen users at training time) with a posterior; "
+        "--no-prior: the plain fit of --steps Adam steps"))
+    prior_strength: float | None = field(default=None, metadata=_help(
+        "multiply the prior's precision by this instead of the strength chosen on validation pairs at training time"))
+    steps: int = field(default=300, metadata=_help("optimisation steps without the prior (fixed; no model selection; 0 keeps the initial weights)"))
+    lr: float = field(default=0.05, metadata=_help("learning rate of the new users' logits (without the prior)"))
+    l2: float = field(default=0.0, metadata=_help("pull the logits toward 0, the uniform mixture (without the prior)"))
+    init: str = field(default="zeros", metadata=_help("initial logits without the prior: zeros (uniform mixture) or random "
+                                                      "(N(0, 1)); the prior's fit starts at the prior mean",
                                                       choices=("zeros", "random")))
     seed: int = field(default=0, metadata=_help("seed of the random initialisation"))
 
@@ -196,6 +204,10 @@ class AdaptConfig:
         _non_negative_int(self, "steps")
         _positive_float(self, "lr")
         _non_negative_float(self, "l2")
+        if self.prior_strength is not None:
+            _positive_float(self, "prior_strength")
+        if not isinstance(self.prior, bool):
+            raise PalMMError(f"prior must be true or false, got {self.prior!r}")
         if self.init not in ("zeros", "random"):
             raise PalMMError(f"init must be zeros or random, got {self.init!r}")
 

@@ -1,9 +1,20 @@
-"""TRL's conversational values (lists of ``{"role", "content"}`` messages) as text.
+"""TRL's conversational values (lists of ``{"role", "content"}`` messages) as text: the ONE rendering
+that training, ``pal-mm embed`` / ``eval`` / ``adapt``, ``score``, the reward APIs and the TRL reward
+function share, so a conversation gives the same vector and the same reward on every path.
 
-:func:`flatten_conversation` renders a conversation with a tokenizer's chat template when it has
-one, else as ``role: content`` lines; :func:`last_assistant_text` takes a completion's reply.
-Used by data validation (:mod:`pal_mm.data`) and the reward-function wrappers (:mod:`pal_mm.rlhf`);
-it imports nothing else of pal_mm but the error type.
+* a **prompt** (prompt tower) that is a conversation is rendered with the chat template of the
+  encoder's tokenizer, ending in the generation prompt (``add_generation_prompt=True``: the prompt is
+  what the assistant answers); an encoder without a chat template gets ``role: content`` lines;
+* a **response** (item tower: ``chosen``, ``rejected``, a completion) that is a conversation is the
+  text of its reply: the content of its last ``assistant`` message (the last message when none is
+  from the assistant), exactly what TRL passes a reward function as a conversational completion.
+
+:func:`render_value` applies the rule to one value; :func:`chat_tokenizer` finds the tokenizer of an
+encoder (``encoder.tokenizer``, a two-tower encoder's ``encoder.text.tokenizer``, or a
+sentence-transformers model's). Everything that turns inputs into vectors goes through
+:func:`pal_mm.embedding.encode_values`, which calls :func:`render_value`; data files keep their
+conversations until then (or are rendered at load with the same function). This module imports
+nothing of pal_mm but the error type.
 """
 
 from __future__ import annotations
@@ -37,6 +48,20 @@ def is_conversation(value: Any) -> bool:
             and all(isinstance(m, dict) and "role" in m and "content" in m for m in value))
 
 
+def is_message(value: Any) -> bool:
+    """True for one ``{role, content}`` dict."""
+    return isinstance(value, dict) and "role" in value and "content" in value
+
+
+def normalize_conversation(messages: Any) -> list[dict]:
+    """``[{"role": str, "content": str}, ...]``: roles as strings, contents as text (see
+    :func:`content_text`); a one-line error for anything that is not a conversation."""
+    if not is_conversation(messages):
+        raise PalMMError("a conversation must be a non-empty list of {'role': ..., 'content': ...} messages, "
+                         f"got {type(messages).__name__}")
+    return [{"role": str(m["role"]), "content": content_text(m["content"])} for m in messages]
+
+
 def flatten_conversation(messages: Any, tokenizer: Any = None, add_generation_prompt: bool = False) -> str:
     """One string from a list of ``{"role": ..., "content": ...}`` messages.
 
@@ -47,10 +72,7 @@ def flatten_conversation(messages: Any, tokenizer: Any = None, add_generation_pr
     """
     if isinstance(messages, str):
         return messages
-    if not is_conversation(messages):
-        raise PalMMError("a conversation must be a non-empty list of {'role': ..., 'content': ...} messages, "
-                         f"got {type(messages).__name__}")
-    msgs = [{"role": str(m["role"]), "content": content_text(m["content"])} for m in messages]
+    msgs = normalize_conversation(messages)
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         try:
             return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
@@ -65,11 +87,56 @@ def last_assistant_text(messages: Any) -> str:
     ``assistant`` message (the last message when no role is ``assistant``)."""
     if isinstance(messages, str):
         return messages
-    if isinstance(messages, dict) and "content" in messages:  # a single message
+    if is_message(messages):  # a single message
         return content_text(messages["content"])
-    if not is_conversation(messages):
-        raise PalMMError(f"a completion must be a string or a list of messages, got {type(messages).__name__}")
-    for m in reversed(messages):
-        if m.get("role") == "assistant":
-            return content_text(m["content"])
-    return content_text(messages[-1]["content"])
+    msgs = normalize_conversation(messages)
+    for m in reversed(msgs):
+        if m["role"] == "assistant":
+            return m["content"]
+    return msgs[-1]["content"]
+
+
+# ------------------------------------------------------------------------------------------
+# The one rendering
+# ------------------------------------------------------------------------------------------
+def needs_rendering(value: Any) -> bool:
+    """True for a conversation or a single message (anything :func:`render_value` changes)."""
+    return is_message(value) or is_conversation(value)
+
+
+def render_prompt(value: Any, tokenizer: Any = None) -> Any:
+    """A prompt as the encoder sees it: a conversation through the chat template with the generation
+    prompt (``role: content`` lines without a template); anything else unchanged."""
+    if is_message(value):
+        value = [value]
+    if is_conversation(value):
+        return flatten_conversation(value, tokenizer, add_generation_prompt=True)
+    return value
+
+
+def render_response(value: Any) -> Any:
+    """A response as the encoder sees it: a conversation (or one message) as its reply's text
+    (:func:`last_assistant_text`); anything else unchanged."""
+    if needs_rendering(value):
+        return last_assistant_text(value)
+    return value
+
+
+def render_value(value: Any, tower: str, tokenizer: Any = None) -> Any:
+    """:func:`render_prompt` for the ``"prompt"`` tower, :func:`render_response` for ``"item"``."""
+    return render_prompt(value, tokenizer) if tower == "prompt" else render_response(value)
+
+
+def chat_tokenizer(encoder: Any) -> Any:
+    """The tokenizer whose chat template renders an encoder's conversational prompts, or None: the
+    first of ``encoder.tokenizer``, ``encoder.text.tokenizer`` (two-tower encoders) and a wrapped
+    sentence-transformers model's tokenizer that has a chat template."""
+    if encoder is None:
+        return None
+    for owner in (encoder, getattr(encoder, "text", None)):
+        if owner is None:
+            continue
+        for tok in (getattr(owner, "tokenizer", None), getattr(getattr(owner, "model", None), "tokenizer", None)):
+            if tok is not None and getattr(tok, "chat_template", None):
+                return tok
+    return None

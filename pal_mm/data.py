@@ -7,7 +7,8 @@ One row is one comparison by one user::
 (TRL's ``prompt``/``chosen``/``rejected`` columns plus a user id.) Each of prompt/chosen/rejected
 is, for the whole column, one of:
 
-* ``text``   - a string (TRL's conversational lists of messages are flattened to text),
+* ``text``   - a string, or TRL's conversational list of ``{role, content}`` messages (kept as
+  messages and rendered when encoded, by :mod:`pal_mm.conversation`'s one rule),
 * ``image``  - a path to an image file (relative paths are resolved against the data file),
 * ``vector`` - a list of numbers (a precomputed embedding), finite and inside float32's range.
 
@@ -31,7 +32,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .conversation import flatten_conversation, is_conversation
+from .conversation import is_conversation, normalize_conversation, render_value
 from .errors import DataError, PalMMError
 from .image_store import IMAGE_SUFFIXES
 from .ingest import first_line, iter_rows, shown
@@ -66,8 +67,9 @@ class PreferenceData:
     def load(cls, source: str | os.PathLike, chat_tokenizer=None) -> "PreferenceData":
         """Load and validate a file, a ``save_to_disk`` directory or a Hub dataset name.
 
-        Conversational values (TRL's lists of ``{role, content}`` messages) are flattened to
-        text with ``chat_tokenizer``'s chat template when given, else as ``role: content`` lines."""
+        Conversational values (TRL's lists of ``{role, content}`` messages) are kept as messages and
+        rendered when encoded, with the encoder's chat template (:mod:`pal_mm.conversation`); with
+        ``chat_tokenizer`` they are rendered here with that tokenizer instead (the same text)."""
         rows, base_dir, label = iter_rows(source, streaming=False)
         return validate_rows(rows, label, base_dir, chat_tokenizer)
 
@@ -231,12 +233,17 @@ class RowValidator:
     # ---------------------------------------------------------------------------------------
     def _content(self, value: Any, where: str, col: str) -> Any:
         name = self.names[col]
-        if is_conversation(value):
+        conversation = None
+        if is_conversation(value):  # kept as messages (rendered when encoded) unless a chat tokenizer is given
+            tower = "prompt" if col == "prompt" else "item"
             try:
-                value = flatten_conversation(value, self.chat_tokenizer, add_generation_prompt=col == "prompt")
+                conversation = normalize_conversation(value)
+                value = render_value(conversation, tower, self.chat_tokenizer)
             except (PalMMError, RecursionError) as e:
                 raise DataError(f"{where}: column '{name}': {shown(str(e) or type(e).__name__, 300)}") from None
         kind = _kind_of(value)
+        if conversation is not None and kind == "image":
+            kind = "text"  # a reply that happens to end in .png is still text
         if kind is None:
             raise DataError(f"{where}: column '{name}': empty or null value")
         if kind == "other":
@@ -251,7 +258,7 @@ class RowValidator:
                 raise DataError(f"{where}: column '{name}': vector of length {len(value)}, expected {self.dims[key]}")
         elif kind == "image":
             value = _resolve_image(value, self.base_dir, f"{where}: column '{name}'")
-        return value
+        return conversation if conversation is not None and self.chat_tokenizer is None else value
 
 
 def check_vector(value: Sequence, where: str) -> list[float]:

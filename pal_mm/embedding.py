@@ -1,11 +1,17 @@
 """Turn preference data into tensors with an encoder, encoding each distinct input once.
 
-``encode_data`` is the single entry point used by training, adaptation, evaluation and scoring.
-When a cache is given (see ``encoders.cache``), every distinct input is looked up there first.
+``encode_values`` is the single path from inputs to vectors (training, adaptation, evaluation,
+``pal-mm embed``, ``score``, the reward APIs and the TRL reward function all use it): it renders
+conversations with :mod:`pal_mm.conversation`'s one rule (the encoder's chat template for prompts,
+the reply's text for responses), so the same conversation gives the same vector everywhere, and
+takes PIL images wherever image paths are accepted (not through the cache: it keys image files by
+their bytes). When a cache is given (see ``encoders.cache``), every distinct input is looked up there
+first.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -14,8 +20,11 @@ import torch
 
 from encoders.base import Encoder
 
+from .conversation import chat_tokenizer, is_conversation, is_message, needs_rendering, render_value
 from .data import PreferenceData
 from .errors import PalMMError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,12 +45,44 @@ class EncodedPairs:
 
 
 def _key(value: Any):
-    return tuple(value) if isinstance(value, (list, tuple)) else value
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    try:
+        hash(value)
+    except TypeError:  # a PIL image, an array: the same object is encoded once
+        return ("object", id(value))
+    return value
+
+
+def is_pil_image(value: Any) -> bool:
+    """True for a ``PIL.Image.Image`` (without importing PIL)."""
+    return any(c.__module__.startswith("PIL.") and c.__name__ == "Image" for c in type(value).__mro__)
+
+
+def render_values(encoder: Encoder, values: Sequence[Any], tower: str) -> list:
+    """``values`` with every conversation rendered for ``tower`` (see :mod:`pal_mm.conversation`)."""
+    values = list(values)
+    if not any(needs_rendering(v) for v in values):
+        return values
+    tok = chat_tokenizer(encoder) if tower == "prompt" else None
+    return [render_value(v, tower, tok) for v in values]
+
+
+def render_data(encoder: Encoder, data: PreferenceData) -> PreferenceData:
+    """``data`` with its conversations rendered as ``encoder`` sees them (itself when it has none)."""
+    if not any(needs_rendering(v) for col in (data.prompts, data.chosen, data.rejected) for v in col):
+        return data
+    out = data.subset(range(len(data)))
+    out.prompts = render_values(encoder, data.prompts, "prompt")
+    out.chosen = render_values(encoder, data.chosen, "item")
+    out.rejected = render_values(encoder, data.rejected, "item")
+    return out
 
 
 def encode_values(encoder: Encoder, values: Sequence[Any], tower: str, cache=None) -> torch.Tensor:
-    """Encode ``values`` with the ``"prompt"`` or ``"item"`` tower; duplicates are encoded once.
-    Returns (len(values), dim) float32."""
+    """Encode ``values`` with the ``"prompt"`` or ``"item"`` tower; conversations are rendered
+    first (:func:`render_values`) and duplicates are encoded once. Returns (len(values), dim) float32."""
+    values = render_values(encoder, values, tower)
     index: dict[Any, int] = {}
     unique: list[Any] = []
     rows = []
@@ -51,7 +92,9 @@ def encode_values(encoder: Encoder, values: Sequence[Any], tower: str, cache=Non
             index[k] = len(unique)
             unique.append(v)
         rows.append(index[k])
-    if cache is not None and encoder.uses_cache:
+    log.debug("%s tower of %s: %d inputs, %d distinct%s", tower, encoder.name, len(values), len(unique),
+              " (through the cache)" if cache is not None and encoder.uses_cache else "")
+    if cache is not None and encoder.uses_cache and not any(is_pil_image(v) for v in unique):
         emb = cache.encode(encoder, tower, unique)
     else:
         emb = encoder.encode_prompts(unique) if tower == "prompt" else encoder.encode_items(unique)
@@ -84,14 +127,20 @@ def encode_data(encoder: Encoder, data: PreferenceData, cache=None) -> EncodedPa
     return EncodedPairs(prompt, items[:n], items[n:], list(data.user_ids))
 
 
+def _single(value: Any) -> bool:
+    """One input (not a list of inputs): text, a path, a PIL image, a conversation or one message."""
+    return isinstance(value, (str, os.PathLike)) or is_pil_image(value) or is_conversation(value) or is_message(value)
+
+
 def broadcast_inputs(prompts: Any, responses: Any) -> tuple[list, list]:
-    """Pair prompts with responses for scoring: a single prompt (text, path or vector) is
-    repeated for every response; otherwise one prompt per response."""
-    if isinstance(responses, (str, os.PathLike)):
+    """Pair prompts with responses for scoring: a single prompt (text, path, vector or
+    conversation) is repeated for every response; otherwise one prompt per response. A single
+    response (text, path, PIL image, conversation) is a list of one."""
+    if _single(responses):
         responses = [responses]
     responses = list(responses)
-    if isinstance(prompts, (str, os.PathLike)) or (prompts and isinstance(prompts, (list, tuple))
-                                                   and not isinstance(prompts[0], (str, list, tuple, os.PathLike))):
+    if _single(prompts) or (prompts and isinstance(prompts, (list, tuple))
+                            and not isinstance(prompts[0], (str, list, tuple, os.PathLike))):
         prompts = [prompts] * len(responses)
     prompts = list(prompts)
     if len(prompts) == 1 and len(responses) > 1:

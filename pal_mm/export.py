@@ -36,7 +36,9 @@ import torch
 
 from encoders.base import Encoder
 from encoders.errors import EncoderError
+from encoders.pixels import check_pixels
 
+from .beliefs import UserBeliefs
 from .config import PALConfig
 from .embedding import broadcast_inputs, encode_values
 from .errors import PalMMError
@@ -88,6 +90,9 @@ class PersonalRewardModel(HubModel, library_name="pal-mm", license="apache-2.0",
         self.head = create_head(self.config, num_users=0)
         self.head.requires_grad_(False)  # an inference artifact; unfreeze explicitly to train it
         self.register_buffer(MIXTURE_KEY, torch.tensor(cfg["mixture"]["weights"], dtype=torch.float32))
+        # the source model's beliefs about this one user (calibration, prior, the user's posterior); None
+        # in exports made before pal-mm kept them
+        self.beliefs: UserBeliefs | None = None
         self._encoder_state_file: Path | None = None
         self._trust_remote_code = False
         self._device: str | None = None
@@ -188,10 +193,17 @@ class PersonalRewardModel(HubModel, library_name="pal-mm", license="apache-2.0",
 
     @torch.no_grad()
     def predict_preference(self, prompts: Any, responses_a: Any, responses_b: Any) -> list[float]:
-        """P(a preferred to b) = sigmoid(r(a) - r(b))."""
-        ra = torch.tensor(self.reward(prompts, responses_a))
-        rb = torch.tensor(self.reward(prompts, responses_b))
-        return torch.sigmoid(ra - rb).tolist()
+        """P(a preferred to b) = sigmoid(a * (r(a) - r(b))), ``a`` the source model's inverse temperature
+        (:attr:`inv_temperature`; the point weights; ``as_pal_model(m).predict_preference(.., user=m.user)``
+        also averages over the user's posterior)."""
+        ra = torch.tensor(self.reward(prompts, responses_a), dtype=torch.float64)
+        rb = torch.tensor(self.reward(prompts, responses_b), dtype=torch.float64)
+        return torch.sigmoid(self.inv_temperature * (ra - rb)).tolist()
+
+    @property
+    def inv_temperature(self) -> float:
+        """The calibration of the model this one was exported from (1.0 when it had none)."""
+        return float(self.beliefs.inv_temperature) if self.beliefs is not None else 1.0
 
     def score_pixels(self, prompts: str | Sequence[str], pixels: torch.Tensor) -> torch.Tensor:
         """Differentiable reward of images given as a (B, 3, H, W) float tensor in [0, 1];
@@ -204,8 +216,12 @@ class PersonalRewardModel(HubModel, library_name="pal-mm", license="apache-2.0",
         fine-tuned), then config.json with their checksums."""
         tensors = {HEAD_PREFIX + k: v for k, v in self.head.state_dict().items() if k != "user_logits"}
         tensors[MIXTURE_KEY] = self.mixture_weights
-        files = {WEIGHTS_NAME: tensors_bytes(tensors)}
         cfg = copy.deepcopy(self.export_config)
+        cfg.pop("beliefs", None)
+        if self.beliefs is not None:
+            tensors.update(self.beliefs.tensors())
+            cfg["beliefs"] = self.beliefs.summary()
+        files = {WEIGHTS_NAME: tensors_bytes(tensors)}
         cfg.pop("files", None)
         cfg.pop("hub_config", None)
         cfg["pal_mm_version"] = __version__
@@ -249,7 +265,11 @@ class PersonalRewardModel(HubModel, library_name="pal-mm", license="apache-2.0",
         head_state = self.head.state_dict()
         expected = {HEAD_PREFIX + k: v for k, v in head_state.items() if k != "user_logits"}
         expected[MIXTURE_KEY] = self.mixture_weights
+        summary = self.export_config.get("beliefs")
+        if summary is not None:
+            expected.update(UserBeliefs.expected(summary, 1))
         tensors = load_tensors(file, expected)
+        self.beliefs = UserBeliefs.from_tensors(tensors, str(file)) if summary is not None else None
         state = {k[len(HEAD_PREFIX):]: v for k, v in tensors.items() if k.startswith(HEAD_PREFIX)}
         state["user_logits"] = head_state["user_logits"]
         self.head.load_state_dict(state)
@@ -278,8 +298,13 @@ def validate_config(config: dict) -> dict:
         raise PalMMError(f"corrupt exported model config ({type(e).__name__}: {e})") from None
     if not all(finite_float(x) for x in weights):
         raise PalMMError("config.json mixture weights must be finite numbers")
-    if _head_has_users(head):
+    if "beliefs" in cfg and not isinstance(cfg["beliefs"], dict):
+        raise PalMMError("corrupt exported model config ('beliefs' must be an object)")
+    if _head_has_users(head) and _head_simplex(head):
         check_simplex(weights, head.k, "config.json mixture weights")
+    elif _head_has_users(head):  # a latent user state (vpl): any finite vector
+        if not weights:
+            raise PalMMError("config.json mixture weights: expected the user's state, got an empty list")
     elif len(weights) != head.k:
         raise PalMMError(f"config.json mixture weights: expected {head.k} entries, got {len(weights)}")
     version = cfg.get("format_version", 1)
@@ -295,6 +320,12 @@ def _head_has_users(head: PALConfig) -> bool:
     return get_head_class(head.model_type).has_user_state
 
 
+def _head_simplex(head: PALConfig) -> bool:
+    from .heads import get_head_class
+
+    return get_head_class(head.model_type).simplex_users
+
+
 def read_export_config(directory: str | os.PathLike) -> dict:
     directory = Path(directory)
     cfg = read_config(directory, kind="pal-mm reward model directory")
@@ -308,8 +339,9 @@ def read_export_config(directory: str | os.PathLike) -> dict:
         raise PalMMError(f"{directory}: {e}") from None
 
 
-def is_personal_model_dir(path: str | os.PathLike) -> bool:
-    """True when ``path`` (a local folder, or a Hub repo id) holds an exported reward model."""
+def is_personal_model_dir(path: str | os.PathLike, **hub_kwargs) -> bool:
+    """True when ``path`` (a local folder, or a Hub repo id) holds an exported reward model;
+    ``hub_kwargs`` (``revision``, ``token``, ``cache_dir``...) go to ``hf_hub_download``."""
     p = Path(str(path)).expanduser()
     if p.is_dir():
         file = p / CONFIG_NAME
@@ -317,7 +349,7 @@ def is_personal_model_dir(path: str | os.PathLike) -> bool:
         try:
             from huggingface_hub import hf_hub_download
 
-            file = Path(hf_hub_download(str(path), CONFIG_NAME))
+            file = Path(hf_hub_download(str(path), CONFIG_NAME, **hub_kwargs))
         except Exception:
             return False
     else:
@@ -362,14 +394,14 @@ def export_personal_model(source: PALModel | str | os.PathLike, *, user: str | N
     if isinstance(source, PALModel):
         head_config, head, users, groups = source.config, source.head, list(source.users), dict(source.user_groups)
         enc_ref, enc_file, metrics, data = encoder_reference(source.encoder), None, source.metrics, source.data_info
-        encoder = source.encoder
+        encoder, beliefs = source.encoder, source.beliefs
     else:
         saved = read_pal_dir(_model_directory(source))
         head_config, head, users, groups = saved.head_config, saved.head, saved.users, saved.groups
         ref = saved.encoder_ref
         enc_ref = {"name": ref["name"], "config": ref.get("config") or {}, "fingerprint": ref.get("fingerprint"),
                    "fine_tuned": bool(ref.get("fine_tuned"))}
-        enc_file, metrics, data, encoder = saved.encoder_file, saved.metrics, saved.data_info, None
+        enc_file, metrics, data, encoder, beliefs = saved.encoder_file, saved.metrics, saved.data_info, None, saved.beliefs
     w, mixture = resolve_mixture(head, users, user=user, weights=weights, logits=logits, prototype=prototype)
     group = groups.get(mixture.get("user")) if mixture.get("user") is not None else None
     cfg = build_config(head_config, enc_ref, w, mixture, len(users), metrics, data, group)
@@ -383,7 +415,21 @@ def export_personal_model(source: PALModel | str | os.PathLike, *, user: str | N
     with torch.no_grad():
         model.mixture_weights.copy_(w)
     model._encoder_state_file = enc_file
+    model.beliefs = one_user_beliefs(beliefs, users.index(mixture["user"]) if mixture.get("user") is not None else None)
     return model.eval()
+
+
+def one_user_beliefs(beliefs: UserBeliefs | None, index: int | None) -> UserBeliefs | None:
+    """What an exported model keeps of its source's beliefs: the calibration, the prior over users (so
+    new users adapted on it get the same MAP fit) and one posterior precision (1, S, S): the exported
+    user's, or for explicit weights / a prototype a point (precision 1e6 I: the weights are given, not
+    estimated)."""
+    if beliefs is None or not beliefs.has_prior:
+        return None if beliefs is None else UserBeliefs(inv_temperature=beliefs.inv_temperature, strength=beliefs.strength)
+    s = beliefs.prior_precision.shape[0]
+    precision = beliefs.precision[index:index + 1] if index is not None else 1e6 * torch.eye(s)[None]
+    return UserBeliefs(beliefs.inv_temperature, beliefs.prior_means, beliefs.prior_log_weights, beliefs.prior_precision,
+                       beliefs.strength, precision.clone())
 
 
 def _model_directory(source: str | os.PathLike) -> Path:
@@ -401,25 +447,57 @@ def _model_directory(source: str | os.PathLike) -> Path:
 
 
 def load_reward_model(path: str | os.PathLike, **kwargs):
-    """A :class:`PersonalRewardModel` for an exported directory, else a :class:`PALModel`."""
-    if is_personal_model_dir(path):
+    """A :class:`PersonalRewardModel` for an exported directory, else a :class:`PALModel`
+    (``kwargs``: those of ``from_pretrained``, e.g. ``revision=``, ``token=``, ``device=``)."""
+    hub = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if kwargs.get(k) is not None}
+    if is_personal_model_dir(path, **hub):
         return PersonalRewardModel.from_pretrained(path, **kwargs)
     return PALModel.from_pretrained(path, **kwargs)
+
+
+def fixed_logits(model: PersonalRewardModel) -> torch.Tensor:
+    """(K,) user-table logits whose weights are the exported mixture: the saved logits when it was
+    exported from a user or from logits (the same numbers, so the same weights bit for bit); else
+    ``log w`` (``-1e4`` for a zero weight, whose softmax is exactly 0) for simplex heads, ``w``
+    itself for heads whose rows are not logits."""
+    saved = model.mixture.get("logits")
+    if saved is not None and len(saved) == model.config.k:
+        return torch.tensor(saved, dtype=torch.float32)
+    w = model.mixture_weights.detach().float().cpu()
+    if not model.head.simplex_users:
+        return w.clone()
+    return torch.where(w > 0, w.clamp_min(1e-38).log(), torch.full_like(w, -1e4))
+
+
+def as_pal_model(model: PersonalRewardModel, users: Sequence[str] | None = None) -> PALModel:
+    """The multi-user form of an exported one-user model: the same head (all K prototypes), the same
+    encoder, and a user table in which every user of ``users`` has the exported mixture (default:
+    the user it was exported for, if any). Each of them gets the exported model's rewards, so commands
+    written for a :class:`PALModel` (``eval``, ``adapt``, ``score-images``, ``generate``) take exported
+    models too; ``adapt`` adds new users on its prototypes."""
+    if not isinstance(model, PersonalRewardModel):
+        raise PalMMError(f"expected a PersonalRewardModel, got {type(model).__name__}")
+    users = [model.user] if users is None and model.user is not None else [str(u) for u in users or []]
+    source = model.export_config.get("source_model") or {}
+    group = source.get("user_group")
+    pal = PALModel(copy.deepcopy(model.config), model.encoder, users=users,
+                   user_groups={model.user: group} if group and model.user in users else {})
+    state = {k: v for k, v in model.head.state_dict().items() if k != "user_logits"}
+    state["user_logits"] = fixed_logits(model)[None].expand(len(users), -1).clone()
+    pal.head.load_state_dict(state)
+    pal.head.to(model.mixture_weights.device)
+    b = model.beliefs
+    if b is not None:  # every user of the table holds the exported user's beliefs
+        pal.beliefs = UserBeliefs(b.inv_temperature, b.prior_means, b.prior_log_weights, b.prior_precision, b.strength,
+                                  None if b.precision is None else b.precision.expand(len(users), -1, -1).clone())
+    pal.metrics = dict(source.get("metrics") or {})
+    pal.data_info = {**dict(source.get("data") or {}), "exported_mixture": model.describe()}
+    return pal.eval()
 
 
 # ------------------------------------------------------------------------------------------
 # Differentiable image scores
 # ------------------------------------------------------------------------------------------
-def _check_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    if not isinstance(pixels, torch.Tensor) or not pixels.is_floating_point():
-        raise PalMMError("pixels must be a float tensor (B, 3, H, W) with values in [0, 1]")
-    if pixels.ndim == 3:
-        pixels = pixels[None]
-    if pixels.ndim != 4 or pixels.shape[1] != 3:
-        raise PalMMError(f"pixels must have shape (B, 3, H, W), got {tuple(pixels.shape)}")
-    return pixels
-
-
 def score_pixels(model, prompts: str | Sequence[str], pixels: torch.Tensor, user: str | None = None,
                  weights: Sequence[float] | None = None) -> torch.Tensor:
     """Differentiable rewards (B,) of images ``pixels`` (B, 3, H, W) in [0, 1] for the prompt(s)
@@ -428,7 +506,10 @@ def score_pixels(model, prompts: str | Sequence[str], pixels: torch.Tensor, user
     gradient reaches ``pixels`` (and whatever produced them)."""
     if isinstance(model, (str, os.PathLike)):
         model = load_reward_model(model)
-    pixels = _check_pixels(pixels)
+    try:
+        pixels = check_pixels(pixels)
+    except EncoderError as e:  # pal_mm's API raises its own error type
+        raise PalMMError(str(e)) from None
     n = pixels.shape[0]
     if isinstance(prompts, str):
         prompts = [prompts] * n
@@ -448,5 +529,5 @@ def score_pixels(model, prompts: str | Sequence[str], pixels: torch.Tensor, user
         model.train(was)
 
 
-__all__ = ["PersonalRewardModel", "score_pixels", "build_config", "encoder_reference", "export_personal_model", "is_personal_model_dir",
-           "load_reward_model", "read_export_config", "validate_config"]
+__all__ = ["PersonalRewardModel", "as_pal_model", "score_pixels", "build_config", "encoder_reference", "export_personal_model",
+           "fixed_logits", "is_personal_model_dir", "load_reward_model", "read_export_config", "validate_config"]

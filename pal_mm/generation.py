@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .embedding import encode_values
+from .embedding import encode_values, is_pil_image
 from .errors import PalMMError
 
 SCORES_NAME = "scores.json"
@@ -66,18 +66,18 @@ def check_image_model(model) -> None:
 
 
 @torch.no_grad()
-def image_rewards(model, prompt: str, images: Sequence[str | os.PathLike], users: Sequence[str] = (),
+def image_rewards(model, prompt: str, images: Sequence[Any], users: Sequence[str] = (),
                   weights: Sequence[float] | None = None) -> dict[str, list[float]]:
-    """Rewards of image files for one text prompt: ``{user: [reward per image]}``. The images and
-    the prompt are encoded once for all users. With ``weights`` (explicit simplex weights) instead
-    of users, the result has the single key ``"weights"``."""
+    """Rewards of images (file paths or PIL images) for one text prompt: ``{user: [reward per
+    image]}``. The images and the prompt are encoded once for all users. With ``weights`` (explicit
+    simplex weights) instead of users, the result has the single key ``"weights"``."""
     check_image_model(model)
     if not prompt or not str(prompt).strip():
         raise PalMMError("the prompt is empty")
-    paths = [str(p) for p in images]
+    paths = [im if is_pil_image(im) else str(im) for im in images]
     if not paths:
         raise PalMMError("no images to score")
-    missing = [p for p in paths if not Path(p).is_file()]
+    missing = [p for p in paths if isinstance(p, str) and not Path(p).is_file()]
     if missing:
         raise PalMMError(f"image file not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     if not users and weights is None:
@@ -115,13 +115,25 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def bar_config(progress: bool | None = None) -> dict:
+    """diffusers' ``set_progress_bar_config`` for ``progress`` (None: the process-wide setting of
+    ``encoders.progress``, i.e. bars on a terminal unless ``--quiet``)."""
+    from encoders.progress import progress_setting
+
+    setting = progress_setting(progress)
+    return {"disable": None if setting is None else not setting, "leave": False}
+
+
 def load_pipeline(name_or_path: str, device: str | None = None, dtype: str | None = None,
-                  safety_checker: bool | None = None, progress: bool = False):
+                  safety_checker: bool | None = None, progress: bool | None = False):
     """``DiffusionPipeline.from_pretrained`` on a Hub id or a local directory, moved to ``device``.
 
     ``dtype``: float32 | float16 | bfloat16 (default float16 on CUDA, float32 otherwise).
     ``safety_checker``: None keeps the pipeline's own choice for Hub ids and switches it off for
-    local directories (tiny test pipelines have none); False always switches it off."""
+    local directories (tiny test pipelines have none); False always switches it off.
+    ``progress``: loading and denoising bars (False: none; None: the process-wide setting)."""
+    from encoders.progress import progress_setting
+
     try:
         from diffusers import DiffusionPipeline
     except ImportError:
@@ -138,7 +150,7 @@ def load_pipeline(name_or_path: str, device: str | None = None, dtype: str | Non
     if safety_checker is False or (safety_checker is None and looks_local):
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
-        with _quiet_loading(not progress):
+        with _quiet_loading(progress_setting(progress) is False):
             pipe = DiffusionPipeline.from_pretrained(str(local if looks_local else name_or_path), **kwargs)
     except Exception as e:  # missing repo, no network, corrupt files
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -147,7 +159,7 @@ def load_pipeline(name_or_path: str, device: str | None = None, dtype: str | Non
         pipe = pipe.to(device)
     except Exception as e:
         raise PalMMError(f"could not move the pipeline to device {device!r} ({type(e).__name__}: {e})") from None
-    pipe.set_progress_bar_config(disable=not progress)
+    pipe.set_progress_bar_config(**bar_config(progress))
     return pipe
 
 
@@ -249,14 +261,15 @@ def contact_sheet(images: Sequence, rewards: dict[str, Sequence[float]], prompt:
 def best_of_n(pipeline, prompt: str, num_images: int, model, users: Sequence[str], out_dir: str | os.PathLike,
               steps: int | None = None, seed: int = 0, guidance_scale: float | None = None, height: int | None = None,
               width: int | None = None, batch_size: int | None = None, device: str | None = None,
-              dtype: str | None = None) -> BestOfN:
+              dtype: str | None = None, progress: bool | None = None) -> BestOfN:
     """Sample ``num_images`` images for ``prompt``, score them for each user, and write
     ``out_dir/images/*.png``, ``out_dir/scores.json`` and ``out_dir/contact_sheet.png``.
 
     ``pipeline``: a loaded diffusers pipeline, a Hub id or a local directory. ``model``: a
     :class:`~pal_mm.model.PALModel` with an image-text encoder. Users must be known to the model
     (fit new ones with ``adapt``). ``out_dir`` is written in place; the CLI wraps it in a
-    temporary directory that replaces the target only on success."""
+    temporary directory that replaces the target only on success. ``progress``: the pipeline's
+    loading and denoising bars (None: the process-wide setting, ``encoders.progress``)."""
     check_image_model(model)
     users = list(dict.fromkeys(users))
     if not users:
@@ -267,7 +280,11 @@ def best_of_n(pipeline, prompt: str, num_images: int, model, users: Sequence[str
     check_sampling_args(num_images, steps, batch_size)
     t0 = time.perf_counter()
     name = pipeline if isinstance(pipeline, (str, os.PathLike)) else type(pipeline).__name__
-    pipe = load_pipeline(str(pipeline), device=device, dtype=dtype) if isinstance(pipeline, (str, os.PathLike)) else pipeline
+    if isinstance(pipeline, (str, os.PathLike)):
+        pipe = load_pipeline(str(pipeline), device=device, dtype=dtype, progress=progress)
+    else:
+        pipe = pipeline
+        pipe.set_progress_bar_config(**bar_config(progress))
     t1 = time.perf_counter()
     images = sample_images(pipe, prompt, num_images, steps, seed, guidance_scale, height, width, batch_size)
     t2 = time.perf_counter()

@@ -67,6 +67,8 @@ def resolve_mixture(head: PreferenceHead, users: Sequence[str], user: str | None
         if not head.has_user_state:  # no users (the single RM): the weights are unused
             return torch.full((k,), 1.0 / k), {"source": "none"}
         raise PalMMError("choose whose reward model to export: give a user, weights (w1,...,wK), logits or a prototype index")
+    if user is None and not head.simplex_users:
+        raise PalMMError(f"a {head.name} model's users are latent vectors, not mixtures: export a known user (--user)")
     if user is not None:
         index = {u: i for i, u in enumerate(users)}
         if str(user) not in index:

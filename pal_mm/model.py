@@ -1,6 +1,9 @@
-"""``PALModel``: an encoder, a PAL head and the table of known users, with the user-facing API
-(``reward``, ``predict_preference``) and Hugging Face-style ``save_pretrained`` /
-``from_pretrained`` (config.json + model.safetensors + users.json + a model card; no pickle).
+"""``PALModel``: an encoder, a PAL head, the table of known users and what the model believes about
+them (:class:`~pal_mm.posterior.UserBeliefs`: calibration, a prior over users, every user's
+posterior), with the user-facing API (``reward``, ``reward_std``, ``predict_preference``,
+``update_user``) and Hugging Face-style ``save_pretrained`` / ``from_pretrained`` (config.json +
+model.safetensors + users.json + a model card; no pickle). The beliefs are extra tensors in
+model.safetensors (``beliefs.*``), so the checksums cover them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from .heads import create_head
 from .hub import (ENCODER_WEIGHTS_NAME, USERS_NAME, WEIGHTS_NAME, HubModel, encoder_from_reference, load_tensors,
                   read_config, read_users, strict_dumps, tensors_bytes, verify_files, write_model_files)
 from .mixture import check_simplex
+from .beliefs import UserBeliefs, user_basis
+from .online import OnlineUser, update_user
+from .posterior import covariance, pair_probabilities, reward_std, weight_covariance
 from .version import __version__
 
 FORMAT = "pal-model"
@@ -38,8 +44,18 @@ class PALModel(HubModel, library_name="pal-mm", license="apache-2.0", repo_url="
         self.user_groups: dict[str, str] = dict(user_groups or {})
         self.metrics: dict[str, Any] = {}  # shown in the model card, saved in config.json
         self.data_info: dict[str, Any] = {}
+        self.beliefs: UserBeliefs | None = None  # set at training time (pal_mm.prior); None in older models
+        self._online: dict[int, OnlineUser] = {}  # update_user sessions (in memory only)
 
     # ----- users ----------------------------------------------------------------------------
+    def _position(self, user: str) -> int | None:
+        """Row of one user id (None when unknown), from an index rebuilt when the user table grows."""
+        cached = getattr(self, "_positions", None)
+        if cached is None or cached[0] != len(self.users):
+            cached = (len(self.users), {u: i for i, u in enumerate(self.users)})
+            self._positions = cached
+        return cached[1].get(user)
+
     def user_index(self, user_ids: Sequence[str]) -> torch.Tensor:
         """Map user ids to rows of the user table; unknown ids are a clear error."""
         index = {u: i for i, u in enumerate(self.users)}
@@ -49,18 +65,47 @@ class PALModel(HubModel, library_name="pal-mm", license="apache-2.0", repo_url="
             raise PalMMError(f"unknown user(s): {shown}; fit them first with `pal-mm adapt` (or pass explicit weights)")
         return torch.as_tensor([index[u] for u in user_ids], dtype=torch.long)
 
-    def add_users(self, user_ids: Sequence[str], logits: torch.Tensor, groups: dict | None = None) -> None:
-        """Append new users with their (n, K) logits; existing users are untouched."""
+    def add_users(self, user_ids: Sequence[str], logits: torch.Tensor, groups: dict | None = None,
+                  precision: torch.Tensor | None = None) -> None:
+        """Append new users with their (n, K) logits and, when the model keeps posteriors, their
+        (n, S, S) posterior precisions (default: the prior's, i.e. nothing learned about them);
+        existing users are untouched."""
         clash = sorted(set(user_ids) & set(self.users))
         if clash:
             raise PalMMError(f"user(s) already in the model: {', '.join(clash[:5])}")
+        b = self.beliefs
+        if b is not None and b.has_prior:
+            if precision is None:
+                precision = b.collapsed_prior()[1].expand(len(user_ids), -1, -1)
+            b.precision = torch.cat([b.precision, precision.detach().to(b.precision)])
         self.head.append_users(logits)
         self.users += list(user_ids)
         self.user_groups.update(groups or {})
 
+    @property
+    def has_posterior(self) -> bool:
+        """True when every known user has a posterior (models trained with pal-mm >= 0.2)."""
+        return self.beliefs is not None and self.beliefs.has_prior and self.head.has_user_state
+
     def user_weights(self, user: str) -> list[float]:
         """The user's point on the K-simplex."""
         return self.head.user_weights(self.user_index([user]))[0].tolist()
+
+    @torch.no_grad()
+    def user_weight_covariance(self, users: Sequence[str] | None = None) -> torch.Tensor | None:
+        """(n, K, K) posterior covariance of the users' simplex weights (delta method), or None without
+        posteriors. ``users``: default all known users."""
+        if not self.has_posterior:
+            return None
+        idx = self.user_index(list(self.users if users is None else users)).cpu()
+        basis = user_basis(self.head.state_dim, self.head.simplex_users)
+        z = self.head.user_logits.detach().cpu()[idx] @ basis
+        return weight_covariance(z, covariance(self.beliefs.precision[idx]), basis, self.head.simplex_users).float()
+
+    def user_weight_std(self, users: Sequence[str] | None = None) -> torch.Tensor | None:
+        """(n, K) posterior standard deviations of the users' simplex weights, or None without posteriors."""
+        cov = self.user_weight_covariance(users)
+        return None if cov is None else torch.diagonal(cov, dim1=1, dim2=2).clamp_min(0).sqrt()
 
     def mixture_weights(self, n: int, user: str | None = None, weights: Sequence[float] | None = None,
                         users: Sequence[str] | None = None) -> torch.Tensor:
@@ -76,6 +121,8 @@ class PALModel(HubModel, library_name="pal-mm", license="apache-2.0", repo_url="
             return self.head.user_weights(self.user_index(users).to(self.head.user_logits.device))
         if user is not None:
             w = self.head.user_weights(self.user_index([str(user)]).to(self.head.user_logits.device))
+        elif not self.head.simplex_users:
+            raise PalMMError(f"a {self.config.model_type} model's users are latent vectors, not mixtures: give user=...")
         else:
             w = torch.tensor(check_simplex(weights, self.config.k, "weights"), device=self.head.user_logits.device)[None]
         return w.expand(n, -1)
@@ -111,12 +158,86 @@ class PALModel(HubModel, library_name="pal-mm", license="apache-2.0", repo_url="
         return self.reward_embeddings(p, x, user=user, weights=weights).tolist()
 
     @torch.no_grad()
+    def reward_std(self, prompts: Any | Sequence[Any], responses: Sequence[Any], user: str | None = None,
+                   weights: Sequence[float] | None = None) -> list[float] | None:
+        """Posterior standard deviation of each reward of :meth:`reward` (the uncertainty about the
+        user's weights, linearised); 0.0 for explicit ``weights``; None without posteriors."""
+        from .embedding import broadcast_inputs, encode_values
+
+        if weights is not None and user is None:
+            return [0.0] * len(broadcast_inputs(prompts, responses)[1])
+        if not self.has_posterior:
+            return None
+        prompts, responses = broadcast_inputs(prompts, responses)
+        self.eval()
+        p = encode_values(self.encoder, prompts, "prompt")
+        x = encode_values(self.encoder, responses, "item")
+        self.config.check_widths(p, x)
+        dev = self.head.user_logits.device
+        i = int(self.user_index([str(user)])[0])
+        return reward_std(self.head, self.beliefs, i, p.to(dev), x.to(dev)).tolist()
+
+    def pair_probabilities(self, pairs, batch_size: int = 4096) -> torch.Tensor:
+        """(n,) P(chosen preferred) for encoded pairs of known users (:class:`~pal_mm.embedding.EncodedPairs`):
+        calibrated, averaged over each user's posterior when the model has one."""
+        head = self.head
+        was_training = head.training
+        head.eval()
+        idx = self.user_index(pairs.user_ids)
+        dev = head.user_logits.device
+        out = [pair_probabilities(head, self.beliefs, idx[s:s + batch_size].to(dev), pairs.prompt[s:s + batch_size].to(dev),
+                                  pairs.chosen[s:s + batch_size].to(dev), pairs.rejected[s:s + batch_size].to(dev)).cpu()
+               for s in range(0, len(pairs), batch_size)]
+        head.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+    @torch.no_grad()
     def predict_preference(self, prompts, responses_a, responses_b, user: str | None = None,
                            weights: Sequence[float] | None = None) -> list[float]:
-        """Probability that ``a`` is preferred to ``b``: sigmoid(reward(a) - reward(b))."""
-        ra = torch.tensor(self.reward(prompts, responses_a, user=user, weights=weights))
-        rb = torch.tensor(self.reward(prompts, responses_b, user=user, weights=weights))
-        return torch.sigmoid(ra - rb).tolist()
+        """Probability that ``a`` is preferred to ``b``. For a known ``user``: calibrated (the inverse
+        temperature fitted at training time) and averaged over the user's posterior; for explicit
+        ``weights``: sigmoid(a * (reward(a) - reward(b)))."""
+        from .embedding import EncodedPairs, broadcast_inputs, encode_values
+
+        prompts, responses_a = broadcast_inputs(prompts, responses_a)
+        _, responses_b = broadcast_inputs(prompts, responses_b)
+        self.eval()
+        p = encode_values(self.encoder, prompts, "prompt")
+        xa, xb = encode_values(self.encoder, responses_a, "item"), encode_values(self.encoder, responses_b, "item")
+        if user is not None and weights is None:
+            return self.pair_probabilities(EncodedPairs(p, xa, xb, [str(user)] * len(prompts))).tolist()
+        a = self.beliefs.inv_temperature if self.beliefs is not None else 1.0
+        margin = self.reward_embeddings(p, xa, user=user, weights=weights) - self.reward_embeddings(p, xb, user=user, weights=weights)
+        return torch.sigmoid(a * margin.double()).tolist()
+
+    def update_user(self, user: str, prompt: Any, chosen: Any, rejected: Any) -> list[float]:
+        """Refine one user's weights from one new comparison (a new user starts from the prior) and
+        return the new simplex weights. Online: warm-started on the head's reduced form, with the
+        user's current posterior as the prior (:mod:`pal_mm.online`)."""
+        from .embedding import encode_values
+
+        self.eval()
+        p = encode_values(self.encoder, [prompt], "prompt")
+        items = encode_values(self.encoder, [chosen, rejected], "item")
+        return self.update_user_embeddings(user, p, items[:1], items[1:])
+
+    def update_user_embeddings(self, user: str, prompt_emb: torch.Tensor, chosen_emb: torch.Tensor,
+                               rejected_emb: torch.Tensor) -> list[float]:
+        """:meth:`update_user` on encoder outputs (b, dp), (b, di), (b, di) (b new pairs of one user)."""
+        if not self.has_posterior:
+            raise PalMMError("update_user needs a model with a prior over users (simplex users: pal-a, pal-b, lore; trained with this pal-mm version)")
+        user = str(user)
+        i = self._position(user)
+        dev = self.head.user_logits.device
+        if i is None:  # a new user: the session starts from the prior (all its components)
+            mean = self.beliefs.collapsed_prior()[0]
+            basis = user_basis(self.head.state_dim, self.head.simplex_users)
+            self.add_users([user], (mean[None] @ basis.T).to(self.head.user_logits))
+            i = len(self.users) - 1
+            self._online[i] = OnlineUser.from_prior(self.beliefs, dev)
+        self._online[i] = update_user(self.head, self.beliefs, i, prompt_emb.to(dev), chosen_emb.to(dev), rejected_emb.to(dev),
+                                      self._online.get(i))
+        return self.head.user_weights(torch.tensor([i], device=dev))[0].tolist()
 
     def num_learned_parameters(self) -> int:
         """Parameters PAL learns (heads + user table), encoder excluded unless fine-tuned."""
@@ -127,7 +248,8 @@ class PALModel(HubModel, library_name="pal-mm", license="apache-2.0", repo_url="
     def _save_pretrained(self, save_directory: Path) -> None:
         """The mixin's hook: model.safetensors, users.json, encoder.safetensors (fine-tuned encoders
         only), then config.json with their checksums."""
-        files = {WEIGHTS_NAME: tensors_bytes(self.head.state_dict()),
+        tensors = {**self.head.state_dict(), **(self.beliefs.tensors() if self.beliefs is not None else {})}
+        files = {WEIGHTS_NAME: tensors_bytes(tensors),
                  USERS_NAME: (strict_dumps({"users": self.users, "groups": self.user_groups}, indent=1) + "\n").encode()}
         fine_tuned = self.encoder.weights_changed
         if fine_tuned:
@@ -140,6 +262,7 @@ class PALModel(HubModel, library_name="pal-mm", license="apache-2.0", repo_url="
             "encoder": {"name": self.encoder.name, "config": self.encoder.config(), "fingerprint": self.encoder.fingerprint(),
                         "fine_tuned": fine_tuned},
             "num_users": len(self.users),
+            **({"beliefs": self.beliefs.summary()} if self.beliefs is not None else {}),
             "metrics": self.metrics,
             "data": self.data_info,
             **self._hub_config(),
@@ -163,6 +286,7 @@ class PALModel(HubModel, library_name="pal-mm", license="apache-2.0", repo_url="
         model = cls(saved.head_config, encoder, saved.users, saved.groups)
         model.head = saved.head
         model.metrics, model.data_info = saved.metrics, saved.data_info
+        model.beliefs = saved.beliefs
         if saved.encoder_file is not None:
             model.encoder.load_state_dict(load_tensors(saved.encoder_file, model.encoder.state_dict()))
         if device is not None:
@@ -183,6 +307,7 @@ class SavedPALModel:
     encoder_file: Path | None
     metrics: dict
     data_info: dict
+    beliefs: UserBeliefs | None = None
 
 
 def read_pal_dir(directory: Path) -> SavedPALModel:
@@ -206,11 +331,17 @@ def read_pal_dir(directory: Path) -> SavedPALModel:
         raise PalMMError(f"{directory}: corrupt encoder options in config.json")
     users, groups = read_users(directory, cfg.get("num_users"))
     head = create_head(head_cfg, num_users=len(users))
-    head.load_state_dict(load_tensors(directory / WEIGHTS_NAME, head.state_dict()))
+    summary = cfg.get("beliefs")
+    if summary is not None and not isinstance(summary, dict):
+        raise PalMMError(f"{directory}: corrupt model config ('beliefs' must be an object)")
+    expected = {**head.state_dict(), **(UserBeliefs.expected(summary, len(users)) if summary is not None else {})}
+    tensors = load_tensors(directory / WEIGHTS_NAME, expected)
+    head.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("beliefs.")})
+    beliefs = UserBeliefs.from_tensors(tensors, str(directory / WEIGHTS_NAME)) if summary is not None else None
     enc_file = directory / ENCODER_WEIGHTS_NAME if enc_ref.get("fine_tuned") else None
     if enc_file is not None and not enc_file.is_file():
         raise PalMMError(f"{directory}: missing file {ENCODER_WEIGHTS_NAME} (the encoder was fine-tuned)")
     metrics, data_info = cfg.get("metrics") or {}, cfg.get("data") or {}
     if not isinstance(metrics, dict) or not isinstance(data_info, dict):
         raise PalMMError(f"{directory}: corrupt model config ('metrics' and 'data' must be objects)")
-    return SavedPALModel(cfg, head_cfg, head.eval(), users, groups, enc_ref, enc_file, metrics, data_info)
+    return SavedPALModel(cfg, head_cfg, head.eval(), users, groups, enc_ref, enc_file, metrics, data_info, beliefs)

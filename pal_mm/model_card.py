@@ -35,6 +35,20 @@ def _card_data(tags: list[str], base: str | None, pal: dict, metrics: dict, name
                          eval_results=eval_results(metrics, model_name) or None, pal=pal, **extra)
 
 
+def k_selection_lines(sel: dict | None) -> list[str]:
+    """A table of the Ks tried by ``--k auto`` (:mod:`pal_mm.selection`), or nothing."""
+    if not sel:
+        return []
+    lines = ["", "## K chosen on validation", "", f"{sel['rule']}: **K = {sel['chosen']}**.", "",
+             "| K | val loss | val accuracy | few-shot loss | few-shot accuracy | gain (SE) | accepted |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sel["candidates"]:
+        gain = "" if r.get("gain_se") is None else f"{r['gain_se']:+.1f}"
+        lines.append(f"| {r['k']} | {r['val_loss']:.4f} | {r['val_accuracy']:.4f} | {r['fewshot_loss']:.4f} | "
+                     f"{r['fewshot_accuracy']:.4f} | {gain} | {'yes' if r['accepted'] else 'no'} |")
+    return lines
+
+
 def pal_model_card(model, **kwargs) -> ModelCard:
     """The card of a full PAL model; ``kwargs``: ``description`` (a paragraph), ``model_name``, or any
     other ``ModelCardData`` field (``datasets=``, ``language=``...)."""
@@ -46,11 +60,16 @@ def pal_model_card(model, **kwargs) -> ModelCard:
         pal["metrics"] = metrics
     card_data = _card_data(["reward-model", "personalized-alignment", "pal", c.model_type], model.encoder.base_model, pal, metrics,
                            f"pal-mm {c.model_type} K={c.k}", kwargs)
+    if model.head.simplex_users:
+        users_are = f"every user is a\npoint on the {c.k}-simplex of shared prototypes (PAL, Chen et al., ICLR 2025)."
+    elif model.head.has_user_state:
+        users_are = f"every user is a\nlatent vector ({model.head.state_dim} numbers) read by one shared reward network."
+    else:
+        users_are = "one reward\nfunction shared by every user (a baseline)."
     lines = [
         f"# PAL reward model ({c.model_type}, K = {c.k})",
         "",
-        "A personalised reward model trained with [pal-mm](https://github.com/pal-mm/pal-mm): every user is a",
-        f"point on the {c.k}-simplex of shared prototypes (PAL, Chen et al., ICLR 2025).",
+        "A personalised reward model trained with [pal-mm](https://github.com/pal-mm/pal-mm): " + users_are,
         "",
         *([kwargs["description"], ""] if kwargs.get("description") else []),
         "| | |",
@@ -62,6 +81,7 @@ def pal_model_card(model, **kwargs) -> ModelCard:
     ]
     if data:
         lines.append(f"| data | {json.dumps(data, default=str)} |")
+    lines += k_selection_lines(metrics.get("k_selection"))
     if metrics:
         lines += ["", "## Metrics", "", "```json", json.dumps(metrics, indent=2, default=str), "```"]
     lines += [

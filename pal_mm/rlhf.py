@@ -2,28 +2,31 @@
 
 * :func:`as_reward_function` - a callable with TRL's ``reward_funcs`` signature
   (``GRPOTrainer`` / ``RLOOTrainer``): ``fn(prompts, completions, **kwargs) -> list[float]``.
-  Completions may be strings or conversations (lists of ``{role, content}``; the last assistant
-  message's content is scored); conversational prompts are flattened with
-  :func:`pal_mm.conversation.flatten_conversation`. With a multi-user :class:`~pal_mm.PALModel` and no
-  fixed user, each row is scored for the user in the dataset's ``user_id`` column (TRL passes
-  the dataset's extra columns as keyword arguments).
+  Prompts and completions may be strings or conversations (lists of ``{role, content}``); they are
+  rendered exactly as training rendered the data (:mod:`pal_mm.conversation`: the encoder's chat
+  template for a prompt, the reply's text for a completion), so the reward of a conversation is the
+  one the model learned. With a multi-user :class:`~pal_mm.PALModel` and no fixed user, each row is
+  scored for the user in the dataset's ``user_id`` column (TRL passes the dataset's extra columns as
+  keyword arguments). Completions may also be PIL images (an image-text model).
 * :func:`score_pixels` - a differentiable reward of images given as a (B, 3, H, W) tensor in
   [0, 1], for reward-guided diffusion fine-tuning (ReFL / AlignProp / DRaFT style). The image
   encoder's own ``encode_pixels`` runs its preprocessing in torch (resize, centre crop,
-  normalisation), so gradients reach the pixels. :func:`as_ddpo_reward_function` wraps it for
-  TRL's DDPO ``(images, prompts, prompt_metadata) -> (rewards, metadata)`` interface.
+  normalisation), so gradients reach the pixels. ``examples/reward_guided_diffusion.py`` runs it.
+* :func:`as_ddpo_reward_function` - legacy (deprecated): TRL has removed its DDPO trainer.
 
-No dependency on TRL: the signatures are TRL's, the code is not.
+No dependency on TRL: the signatures are TRL's, the code is not. ``examples/grpo_personal_reward.py``
+runs GRPO with a personal reward.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Sequence
 
 import torch
 
-from .conversation import flatten_conversation, is_conversation, last_assistant_text
+from .conversation import flatten_conversation, is_conversation, is_message, render_response
 from .errors import PalMMError
 from .export import PersonalRewardModel, load_reward_model, score_pixels
 from .mixture import check_simplex
@@ -84,25 +87,25 @@ class RewardFunction:
         return self.model.encoder
 
     def tokenizer(self):
-        """The tokenizer whose chat template flattens conversational prompts: ``"auto"`` = the
-        text encoder's tokenizer when it has a chat template, else plain ``role: content``."""
+        """The tokenizer whose chat template renders conversational prompts: ``"auto"`` = the
+        encoder's own (:func:`pal_mm.conversation.chat_tokenizer`, what training used)."""
         if self._tokenizer == "auto":
-            tok = getattr(self.encoder, "tokenizer", None)
-            if tok is None:
-                tok = getattr(getattr(self.encoder, "text", None), "tokenizer", None)
-            self._tokenizer = tok if getattr(tok, "chat_template", None) else None
+            from .conversation import chat_tokenizer
+
+            return chat_tokenizer(self.encoder)
         return self._tokenizer
 
     def prompt_value(self, prompt: Any) -> Any:
-        if is_conversation(prompt):
-            return flatten_conversation(prompt, self.tokenizer())
+        """A prompt as the encoder sees it (only an explicit ``tokenizer=`` renders it here; by
+        default :func:`pal_mm.embedding.encode_values` renders it, as for training data)."""
+        if self._tokenizer != "auto" and (is_conversation(prompt) or is_message(prompt)):
+            return flatten_conversation([prompt] if is_message(prompt) else prompt, self._tokenizer, add_generation_prompt=True)
         return prompt
 
     @staticmethod
     def completion_value(completion: Any) -> Any:
-        if isinstance(completion, str) or is_conversation(completion) or (isinstance(completion, dict) and "content" in completion):
-            return last_assistant_text(completion)
-        return completion  # a vector (precomputed encoder) or a path
+        """A completion as the encoder sees it: a conversation's reply text; anything else as is."""
+        return render_response(completion)
 
     # ----- scoring ----------------------------------------------------------------------------
     def __call__(self, prompts: Sequence[Any] | None = None, completions: Sequence[Any] | None = None, **kwargs) -> list[float]:
@@ -111,7 +114,7 @@ class RewardFunction:
         completions = list(completions)
         if prompts is None:
             raise PalMMError("the reward function needs prompts=[...] (one per completion)")
-        if isinstance(prompts, str) or is_conversation(prompts):
+        if isinstance(prompts, str) or is_conversation(prompts) or is_message(prompts):
             prompts = [prompts] * len(completions)
         prompts = list(prompts)
         if len(prompts) != len(completions):
@@ -158,9 +161,9 @@ def as_reward_function(model_or_path, user: str | None = None, weights: Sequence
     ``model_or_path``: a :class:`~pal_mm.export.PersonalRewardModel`, a :class:`~pal_mm.PALModel`
     or the directory / Hub id of either. For a PAL model, ``user`` or ``weights`` fixes the
     mixture; without them every row is scored for ``kwargs[user_column]``. Scoring runs in
-    batches of ``batch_size``. ``tokenizer``: the chat template used to flatten conversational
-    prompts (``"auto"``: the encoder's tokenizer if it has one; ``None``: plain
-    ``role: content`` lines). The function's ``__name__`` (``pal_<user>``) names the reward in
+    batches of ``batch_size``. ``tokenizer``: keep ``"auto"`` (conversational prompts rendered as
+    in training: the encoder's chat template, else ``role: content`` lines); another tokenizer, or
+    ``None`` for plain lines, renders them differently from training. The function's ``__name__`` (``pal_<user>``) names the reward in
     TRL's logs; pass ``name=`` to change it.
 
     Example::
@@ -176,16 +179,17 @@ def as_reward_function(model_or_path, user: str | None = None, weights: Sequence
 # Differentiable image scores
 # ------------------------------------------------------------------------------------------
 def as_ddpo_reward_function(model_or_path, user: str | None = None, weights: Sequence[float] | None = None):
-    """TRL DDPO's reward callable: ``fn(images, prompts, prompt_metadata) -> (rewards, {})`` with
-    ``images`` a (B, 3, H, W) tensor in [0, 1]; rewards are a (B,) tensor (no gradient)."""
+    """Legacy (deprecated): TRL DDPO's reward callable ``fn(images, prompts, prompt_metadata) ->
+    (rewards, {})``. TRL has removed its DDPO trainer; use :func:`score_pixels` in your own loop
+    (``examples/reward_guided_diffusion.py``). ``images``: a (B, 3, H, W) tensor in [0, 1] or PIL
+    images; rewards are a (B,) tensor (no gradient)."""
+    warnings.warn("as_ddpo_reward_function is deprecated: TRL has removed DDPO; use pal_mm.rlhf.score_pixels "
+                  "(see examples/reward_guided_diffusion.py)", DeprecationWarning, stacklevel=2)
     model = _as_model(model_or_path)
 
     def pal_ddpo_reward(images, prompts, prompt_metadata=None):
         if not isinstance(images, torch.Tensor):
-            import numpy as np
-
-            images = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-                                  for im in images])
+            images = pil_to_pixels(images)
         with torch.no_grad():
             rewards = score_pixels(model, list(prompts), images.float(), user=user, weights=weights)
         return rewards.detach().cpu(), {}
@@ -193,4 +197,12 @@ def as_ddpo_reward_function(model_or_path, user: str | None = None, weights: Seq
     return pal_ddpo_reward
 
 
-__all__ = ["RewardFunction", "as_ddpo_reward_function", "as_reward_function", "score_pixels"]
+def pil_to_pixels(images: Sequence[Any]) -> torch.Tensor:
+    """PIL images (one size) -> a (B, 3, H, W) float tensor in [0, 1], the input of :func:`score_pixels`."""
+    import numpy as np
+
+    return torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+                        for im in images])
+
+
+__all__ = ["RewardFunction", "as_ddpo_reward_function", "as_reward_function", "pil_to_pixels", "score_pixels"]

@@ -53,7 +53,7 @@ def validation_metrics(model: PALModel, val: EncodedPairs) -> dict:
 @torch.no_grad()
 def mixture_mass(model: PALModel) -> dict:
     """Mean weight of each prototype over the known users (how much each prototype is used)."""
-    if model.head.num_users == 0 or not model.head.has_user_state:
+    if model.head.num_users == 0 or not model.head.has_user_state or not model.head.simplex_users:
         return {}
     w = model.head.weights_from_logits(model.head.user_logits.float()).mean(0)
     return {f"mixture_mass_{k}": round(float(v), 6) for k, v in enumerate(w)}

@@ -159,8 +159,9 @@ def select_k(train: PreferenceData | EncodedPairs, val: PreferenceData | Encoded
         # the fallback of K is the accepted model (cluster: fresh prototypes, so any smaller model can be
         # copied in); split continues from copies of K = 1's prototype
         source = (models.get(accepted) if tc.k_init == "cluster" else models.get(1)) if accepted else None
-        model = fit_k(train, val, encoder, replace(copy.deepcopy(config), k=k), tc, user_groups=user_groups,
-                      checkpoint_dir=sub, resume=resume, split_source=source)
+        # trackers (--report-to) get no directory per K: the per-K epochs go to metrics.jsonl below
+        model = fit_k(train, val, encoder, replace(copy.deepcopy(config), k=k), replace(tc, report_to="none"),
+                      user_groups=user_groups, checkpoint_dir=sub, resume=resume, split_source=source)
         models[k] = model
         row, losses[k] = _score(model, val, rows)
         ok, gain = (True, None) if accepted is None else accepts(losses[k], losses[accepted])

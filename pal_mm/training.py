@@ -37,11 +37,12 @@ from encoders.base import Encoder
 from .checkpoint import load_checkpoint, optimizer_tensors, restore_optimizer, restore_rng, rng_tensors, save_checkpoint
 from .config import AUTO, PALConfig, TrainConfig
 from .data import PreferenceData
-from .embedding import EncodedPairs, check_modalities, encode_data
+from .embedding import EncodedPairs, check_modalities, encode_data, render_data
 from .errors import PalMMError
 from .finetune import token_level_loss
 from .heads import get_head_class
 from .model import PALModel
+from .prior import fit_beliefs
 from .run_state import BestEpoch, load_model_state, model_state, prefix, prefixed, run_fingerprint
 from .scoring import mixture_mass, pair_losses, validation_metrics
 from .splitting import init_users_by_cluster, split_head
@@ -141,6 +142,7 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     split_source: PALModel | None = None,
+    beliefs: bool = True,
 ) -> PALModel:
     """Train a head on seen users and return the model with the best-validation weights.
 
@@ -155,7 +157,9 @@ def fit(
     A K >= 2 model starts as ``train_config.k_init`` says (:mod:`pal_mm.splitting`): each user on the
     prototype of their cluster; ``cluster`` and ``split`` first fit K = 1 on the same data (or take
     ``split_source``, a fitted model of the same head type with fewer prototypes), whose copy is epoch 0
-    and is kept unless the K model beats it on validation by :data:`SPLIT_EVIDENCE` standard errors."""
+    and is kept unless the K model beats it on validation by :data:`SPLIT_EVIDENCE` standard errors.
+    The trained model then gets its beliefs (calibration, prior over users, posteriors;
+    :func:`pal_mm.prior.fit_beliefs`) unless ``beliefs=False``."""
     tc = train_config or TrainConfig()
     config = copy.deepcopy(config or PALConfig())
     if config.k == AUTO:
@@ -165,13 +169,13 @@ def fit(
     if isinstance(train, PreferenceData):
         user_groups = user_groups or train.user_groups()
         check_modalities(encoder, train)
-        raw_train = train
+        raw_train = render_data(encoder, train)  # fine-tuning feeds raw inputs: conversations rendered once
         if finetune:
             encoder.freeze()
         train = encode_data(encoder, train, cache)
     if isinstance(val, PreferenceData):
         check_modalities(encoder, val)
-        raw_val = val
+        raw_val = render_data(encoder, val)
         val = encode_data(encoder, val, cache)
     tc = replace(tc, restarts=tc.restarts_for(config.k, val is not None and len(val) > 0))
     _check_run(train, val, encoder, config, tc, raw_train, raw_val)
@@ -181,11 +185,19 @@ def fit(
     needs_source = _splits(config, tc) and (tc.k_init == "split" or (val is not None and len(val) > 0))
     if split_source is None and needs_source:
         sub = Path(checkpoint_dir) / "split-source" if checkpoint_dir else None
-        split_source = fit(train, val, encoder, replace(config, k=1), replace(tc, restarts=1), user_groups=user_groups,
-                           checkpoint_dir=sub, resume=resume)
+        source_tc = replace(tc, restarts=1, report_to="none")  # its epochs go to this run's metrics.jsonl
+        split_source = fit(train, val, encoder, replace(config, k=1), source_tc, user_groups=user_groups,
+                           checkpoint_dir=sub, resume=resume, beliefs=False)
     run = _Run(train, val, encoder, config, tc, raw_train if finetune else None, raw_val if finetune else None,
                user_groups, metrics_path, checkpoint_dir, split_source if needs_source else None)
-    return run.fit(resume)
+    model = run.fit(resume)
+    if not beliefs:  # a K = 1 model fitted only to start a mixture from
+        return model
+    if finetune:  # calibration, prior and posteriors need the fine-tuned encoder's embeddings
+        train = encode_data(model.encoder, raw_train)
+        val = encode_data(model.encoder, raw_val) if raw_val is not None else None
+    fit_beliefs(model, train, val)
+    return model
 
 
 def _splits(config: PALConfig, tc: TrainConfig) -> bool:
@@ -496,3 +508,7 @@ def _divergence_message(epoch: int, step: int, train: EncodedPairs, tc: TrainCon
     return (f"training diverged: the loss became NaN or infinite at epoch {epoch}, step {step}; likely causes: input "
             f"values too large (max |x| in the embeddings = {biggest:.3g}) or learning rates too high "
             f"(--lr-projector {tc.lr_projector:g}, --lr-users {tc.lr_users:g}); nothing was saved")
+
+
+def _is_encoder(model: PALModel, p: torch.Tensor) -> bool:
+    return any(p is q for q in model.encoder.parameters())

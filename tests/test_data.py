@@ -117,9 +117,19 @@ def test_split_per_user_is_deterministic_and_drops_small_users():
     assert [r["prompt"] for r in tr.to_rows()] == [r["prompt"] for r in train]
 
 
-def test_conversational_rows_are_flattened(tmp_path):
+def test_conversational_rows_are_kept_as_messages_and_rendered_by_one_rule(tmp_path):
+    from pal_mm.embedding import render_data
+
     msgs = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
-    rows = [{"user_id": "u", "prompt": [{"role": "user", "content": "Hi?"}], "chosen": msgs("Hello!"), "rejected": msgs("Go away.")}]
+    rows = [{"user_id": "u", "prompt": [{"role": "user", "content": "Hi?"}], "chosen": msgs("Hello!"),
+             "rejected": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": [{"type": "text", "text": "Go away."}]}]}]
     d = PreferenceData.load(_write(tmp_path, rows))
     assert d.kinds["chosen"] == "text"
-    assert d.prompts[0] == "user: Hi?" and d.chosen[0] == "assistant: Hello!" and d.rejected[0] == "assistant: Go away."
+    assert d.prompts[0] == [{"role": "user", "content": "Hi?"}]  # kept: the encoder renders it
+    assert d.rejected[0][1] == {"role": "assistant", "content": "Go away."}  # content parts as text
+    r = render_data(object(), d)  # an encoder without a chat template: role: content lines
+    assert r.prompts == ["user: Hi?"] and r.chosen == ["Hello!"] and r.rejected == ["Go away."]  # a response is its reply
+    assert d.to_rows()[0]["chosen"] == msgs("Hello!")
+    empty = [{**rows[0], "chosen": msgs("  ")}]
+    with pytest.raises(DataError, match="row 1: column 'chosen': empty or null value"):
+        PreferenceData.from_rows(empty)

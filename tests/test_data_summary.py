@@ -61,8 +61,9 @@ def make_fixture() -> Fixture:
     fx = Fixture()
     for worker, k in SEEN_COUNTS.items():
         for i in range(k):
-            # every 5th row has no post: the article is used instead
-            fx.add(worker, "train", post=None if i % 5 == 0 else f"post of {worker} {i}", article=f"article {worker} {i}")
+            # every 5th row has no post, only an article: a CNN/DM news comparison, dropped (never the article)
+            fx.add(worker, "train", post=None if i % 5 == 0 else f"post of {worker} {i}", article=f"article {worker} {i}",
+                   kept=i % 5 != 0)
     # rows that the filters must drop; without the filters these workers would be the top ones
     for i in range(60):
         fx.add("bad-ppo", "train", policies=("sup4_ppo_rm3_kl10", "sup4"), kept=False)
@@ -75,6 +76,8 @@ def make_fixture() -> Fixture:
     for worker, k in UNSEEN_COUNTS.items():
         for i in range(k):
             fx.add(worker, "valid2", post=f"valid post {worker} {i}")
+    for i in range(7):  # news comparisons of an unseen worker: dropped too
+        fx.add("u00", "valid1", post=None, article=f"cnn article {i}", kept=False)
     for i in range(110):  # 110 rows, only 95 SFT-vs-SFT: below the threshold after filtering
         fx.add("u04", "valid1", policies=("sup2", "sup4_ppo") if i < 15 else ("sup2", "sup2"), kept=i >= 15)
     return fx
@@ -129,7 +132,8 @@ def test_text_format(built):
     rows = read_jsonl(out / "seen_train.jsonl") + read_jsonl(out / "seen_val.jsonl")
     prompts = {r["prompt"] for r in rows}
     assert "Human: post of w00 1 Assistant:" in prompts
-    assert "Human: article w00 0 Assistant:" in prompts  # post is null -> article
+    every = [r["prompt"] for name in ("seen_train", "seen_val", "seen_test", "unseen") for r in read_jsonl(out / f"{name}.jsonl")]
+    assert not [p for p in every if "article" in p]  # rows without a Reddit post never get in
     assert all(r["chosen"][0] == " " and r["rejected"][0] == " " for r in rows)
     assert set(rows[0]) == {"user_id", "prompt", "chosen", "rejected", "group"}
 
@@ -151,6 +155,22 @@ def test_length_labels_and_tie_rule(built):
                 expected = "L" if n_left < n_right else "R"
             assert side == expected, (name, r["user_id"], r["group"], n_left, n_right)
     assert n_ties > 20
+
+
+def test_non_reddit_rows_counted_and_sizes_beside_the_paper(built):
+    fx, out = built
+    meta = json.loads((out / "meta.json").read_text())
+    no_post = {"train": 0, "test": 0}
+    for r in fx.rows:
+        if r["info"]["post"] is None:
+            no_post["train" if r["split"] == "train" else "test"] += 1
+    assert {k: v.get("non_reddit", 0) for k, v in meta["dropped_rows"].items()} == no_post
+    assert no_post["train"] > 0 and no_post["test"] == 7
+    assert meta["sizes_vs_paper"] == {"seen_train": [meta["counts"]["seen_train.jsonl"], 20969],
+                                      "seen_val": [meta["counts"]["seen_val.jsonl"], 2330],
+                                      "seen_test": [meta["counts"]["seen_test.jsonl"], 4921],
+                                      "unseen_users": [len(EXPECTED_UNSEEN), 31]}
+    assert summary.sizes_vs_paper(meta) == meta["sizes_vs_paper"]
 
 
 def test_train_val_split_is_stratified(built):
@@ -314,3 +334,43 @@ def test_default_test_posts_not_in_train(default_out):
     test_posts = {r["prompt"] for name in ("seen_test.jsonl", "unseen.jsonl") for r in read_jsonl(default_out / name)}
     assert test_posts and not train_posts & test_posts
     assert all(p.startswith("Human: ") and p.endswith(" Assistant:") for p in train_posts | test_posts)
+
+
+# ------------------------------------------------------------------------------------------
+# --labels workers: the real workers and their own labels (LoRe's protocol)
+# ------------------------------------------------------------------------------------------
+def test_workers_protocol(tmp_path):
+    fx = make_fixture()
+    src = tmp_path / "comparisons.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in fx.rows), encoding="utf-8")
+    out = tmp_path / "workers"
+    assert summary.main(["--out", str(out), "--source", str(src), "--labels", "workers"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    # workers with rows in both splits (every policy pair counts; null texts and news rows do not)
+    common = sorted(EXPECTED_SEEN + ["w10"])  # w10: train rows with posts, and test rows (bad-*: train only)
+    random.Random(0).shuffle(common)
+    assert meta["seen_users"] == sorted(common[:5]) and meta["unseen_users"] == sorted(common[5:])
+    by_marker = {r["summaries"][0]["text"][1:6]: r for r in fx.rows}
+    rows = {name: read_jsonl(out / f"{name}.jsonl") for name in ("seen_train", "seen_val", "seen_test", "unseen",
+                                                                "unseen_train", "unseen_test")}
+    for name, rs in rows.items():
+        for r in rs:
+            src_row = by_marker[r["chosen"][2:7]]
+            assert r["chosen"] == " " + src_row["summaries"][src_row["choice"]]["text"]  # the worker's own label
+            assert r["user_id"] == src_row["worker"] and src_row["info"]["post"] is not None
+            assert "group" not in r
+    train_rows = Counter(r["user_id"] for r in rows["seen_train"] + rows["seen_val"])
+    expected = {w: sum(1 for r in fx.rows if r["worker"] == w and r["split"] == "train" and r["info"]["post"]
+                       and r["summaries"][1]["text"] is not None) for w in meta["seen_users"]}
+    assert train_rows == expected
+    assert Counter(r["user_id"] for r in rows["seen_test"]) == {
+        w: SEEN_TEST_ROWS if w != "w10" else UNSEEN_COUNTS["w10"] for w in meta["seen_users"]}
+    assert rows["unseen"] == rows["unseen_train"] + rows["unseen_test"]
+    capped = tmp_path / "capped"
+    from data_scripts import summary_workers
+
+    summary_workers.build(str(src), capped, max_train=10, max_unseen=4)
+    pool = Counter(r["user_id"] for r in read_jsonl(capped / "unseen_train.jsonl"))
+    assert pool == {w: 4 for w in meta["unseen_users"]}
+    seen = Counter(r["user_id"] for r in read_jsonl(capped / "seen_train.jsonl") + read_jsonl(capped / "seen_val.jsonl"))
+    assert seen == {w: 10 for w in meta["seen_users"]}

@@ -511,7 +511,9 @@ def test_score_pixels_is_differentiable_and_matches_files(image_model, tmp_path)
     pal = PALModel.from_pretrained(image_model["dir"])
     big = F.interpolate(pixels, size=(32, 32), mode="nearest")
     assert torch.allclose(score_pixels(pal, "a photo", big, user="blue"), rm.score_pixels("a photo", big), atol=1e-5)
-    rewards, meta = as_ddpo_reward_function(rm)(big, ["a photo"] * 4, [{}] * 4)
+    with pytest.warns(DeprecationWarning, match="TRL has removed DDPO"):
+        ddpo = as_ddpo_reward_function(rm)
+    rewards, meta = ddpo(big, ["a photo"] * 4, [{}] * 4)
     assert rewards.shape == (4,) and meta == {} and not rewards.requires_grad
     with pytest.raises(PalMMError, match=r"shape \(B, 3, H, W\)"):
         rm.score_pixels("a photo", torch.rand(2, 1, 8, 8))

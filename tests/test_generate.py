@@ -174,3 +174,46 @@ def test_score_images_bad_input(assets, tmp_path, capsys):
             encoder = type("E", (), {"name": "minilm", "item_modality": "text", "prompt_modality": "text"})()
 
         check_image_model(_TextOnly())
+
+
+def test_exported_models_and_pil_images_are_accepted(assets, tmp_path, capsys):
+    from pal_mm.export import PersonalRewardModel
+    from pal_mm.rlhf import as_reward_function
+
+    rm_dir = tmp_path / "rm_warm"
+    assert main(["export", "--model", str(assets["model"]), "--user", USERS[0], "--out", str(rm_dir)]) == 0
+    assert _generate(assets, tmp_path / "pal") == 0
+    assert main(["generate", "--pipeline", str(assets["sd"]), "--prompt", PROMPT, "--num-images", "3", "--model", str(rm_dir),
+                 "--out", str(tmp_path / "rm"), "--steps", "2", "--seed", "7", "--device", "cpu", "--quiet"]) == 0
+    pal_scores = json.loads((tmp_path / "pal" / "scores.json").read_text())["users"][USERS[0]]["rewards"]
+    rm_scores = json.loads((tmp_path / "rm" / "scores.json").read_text())["users"]
+    assert list(rm_scores) == [USERS[0]]  # scored under the user it was exported for
+    assert rm_scores[USERS[0]]["rewards"] == pytest.approx(pal_scores, abs=1e-5)
+    images = [str(tmp_path / "pal" / "images" / f"00{i}.png") for i in range(3)]
+    capsys.readouterr()
+    assert main(["score-images", "--model", str(rm_dir), "--prompt", PROMPT, *images, "--json"]) == 0
+    by_image = {row["image"]: row["reward"] for row in json.loads(capsys.readouterr().out)}
+    assert [by_image[p] for p in images] == pytest.approx(pal_scores, abs=1e-5)
+    assert main(["score-images", "--model", str(rm_dir), "--user", USERS[1], "--prompt", PROMPT, *images]) == 2
+    assert "exported for user u_warm; drop --user/--weights" in capsys.readouterr().err
+
+    # PIL images wherever image paths are accepted: the same numbers as the saved PNG files
+    pil = [Image.open(p) for p in images]
+    model, rm = PALModel.from_pretrained(assets["model"]), PersonalRewardModel.from_pretrained(rm_dir)
+    assert model.reward(PROMPT, pil, user=USERS[0]) == pytest.approx(pal_scores, abs=1e-5)
+    assert rm.reward(PROMPT, pil) == pytest.approx(pal_scores, abs=1e-5)
+    assert rm.reward(PROMPT, pil[0]) == pytest.approx(pal_scores[:1], abs=1e-5)  # one image
+    assert image_rewards(model, PROMPT, pil, [USERS[0]])[USERS[0]] == pytest.approx(pal_scores, abs=1e-5)
+    assert as_reward_function(rm)(prompts=[PROMPT] * 3, completions=pil) == pytest.approx(pal_scores, abs=1e-5)
+
+
+def test_sampling_shows_a_progress_bar_unless_quiet(assets, tmp_path, capsys):
+    from pal_mm.generation import best_of_n
+
+    model = PALModel.from_pretrained(assets["model"])
+    capsys.readouterr()
+    best_of_n(str(assets["sd"]), PROMPT, 1, model, [USERS[0]], tmp_path / "a", steps=2, device="cpu", progress=True)
+    err = capsys.readouterr().err
+    assert "0/2 " in err and "Loading pipeline components" in err  # the denoising and loading bars
+    best_of_n(str(assets["sd"]), PROMPT, 1, model, [USERS[0]], tmp_path / "b", steps=2, device="cpu", progress=False)
+    assert capsys.readouterr().err == ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 import os
 import sys
@@ -20,6 +21,7 @@ import yaml
 
 from ..errors import PalMMError
 
+log = logging.getLogger("pal_mm.cli")
 INTERNAL = {"_run", "command", "config"}
 
 
@@ -222,23 +224,36 @@ def load_model(args: argparse.Namespace, path: str | None = None):
     """A full PAL model or an exported one-user reward model, with the command's runtime flags."""
     from ..export import load_reward_model
 
-    return load_reward_model(path or args.model, trust_remote_code=bool(getattr(args, "trust_remote_code", False)),
-                             **runtime_options(args))
+    model = load_reward_model(path or args.model, trust_remote_code=bool(getattr(args, "trust_remote_code", False)),
+                              **runtime_options(args))
+    log.info("loaded %s from %s (encoder %s)", type(model).__name__, path or args.model, model.encoder.name)
+    return model
 
 
-def load_pal_model(args: argparse.Namespace, path: str | None = None):
-    """A full PAL model (with its user table), with the command's runtime flags."""
-    from ..model import PALModel
+def load_pal_model(args: argparse.Namespace, path: str | None = None, users=None):
+    """A full PAL model (with its user table), with the command's runtime flags. An exported one-user
+    model is accepted too: it becomes a PAL model whose ``users`` (default: the user it was exported
+    for) all have its mixture (:func:`pal_mm.export.as_pal_model`)."""
+    return as_pal(load_model(args, path), users)
 
-    return PALModel.from_pretrained(path or args.model, trust_remote_code=bool(getattr(args, "trust_remote_code", False)),
-                                    **runtime_options(args))
+
+def as_pal(model, users=None):
+    """``model`` itself for a full PAL model; :func:`pal_mm.export.as_pal_model` for an exported one."""
+    from ..export import PersonalRewardModel, as_pal_model
+
+    return as_pal_model(model, users) if isinstance(model, PersonalRewardModel) else model
 
 
 def load_data(path: str, encoder=None):
-    """Load preference data; conversational rows use the encoder's chat template if it has one."""
+    """Load preference data; conversations are rendered now, as the encoder will see them
+    (:mod:`pal_mm.conversation`), so a template that fails names its row."""
+    from ..conversation import chat_tokenizer
     from ..data import PreferenceData
 
-    return PreferenceData.load(path, chat_tokenizer=getattr(encoder, "tokenizer", None))
+    data = PreferenceData.load(path, chat_tokenizer=chat_tokenizer(encoder))
+    log.info("read %d pairs of %d users from %s (%s)", len(data), len(data.users), path,
+             ", ".join(f"{k}: {v}" for k, v in data.kinds.items()))
+    return data
 
 
 # ----- outputs --------------------------------------------------------------------------------------
@@ -328,9 +343,10 @@ def verbosity(args: argparse.Namespace) -> Iterator[None]:
 
     level = {0: logging.WARNING, 1: logging.INFO}.get(getattr(args, "verbose", 0), logging.DEBUG)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logger = logging.getLogger("pal_mm")
-    saved = (os.environ.get("TQDM_DISABLE"), progress_setting(), logger.level)
-    logger.setLevel(level)
+    loggers = [logging.getLogger(name) for name in ("pal_mm", "encoders")]  # the library and its encoder layer
+    saved = (os.environ.get("TQDM_DISABLE"), progress_setting(), [lg.level for lg in loggers])
+    for lg in loggers:
+        lg.setLevel(level)
     if getattr(args, "quiet", False):
         os.environ["TQDM_DISABLE"] = "1"
         set_progress(False)
@@ -342,7 +358,8 @@ def verbosity(args: argparse.Namespace) -> Iterator[None]:
         else:
             os.environ["TQDM_DISABLE"] = saved[0]
         set_progress(saved[1])
-        logger.setLevel(saved[2])
+        for lg, lvl in zip(loggers, saved[2]):
+            lg.setLevel(lvl)
 
 
 def say(args: argparse.Namespace, message: str) -> None:

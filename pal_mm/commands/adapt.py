@@ -8,12 +8,13 @@ from . import _common as c
 EXAMPLES = """\
   pal-mm adapt --model runs/m --data new_users.jsonl --out runs/m_plus_new
   pal-mm adapt --model runs/m --data more.jsonl --out runs/m --overwrite      # in place
+  pal-mm adapt --model rm_alice --data new_users.jsonl --out runs/m2   # an exported model: new users on its prototypes
 """
 
 
 def add_parser(sub):
     p = c.add_command(sub, "adapt", "add new users to a trained model from a few pairs each (only K numbers per user)", EXAMPLES)
-    p.add_argument("--model", help="trained model directory (or Hub repo id)")
+    p.add_argument("--model", help="trained model directory, exported reward model (its prototypes) or Hub repo id")
     p.add_argument("--data", help="pairs of the new users")
     p.add_argument("--out", help="output model directory (may equal --model with --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")

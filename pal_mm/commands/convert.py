@@ -16,7 +16,7 @@ def add_parser(sub):
     p.add_argument("--out", help="output .jsonl file")
     p.add_argument("--images-dir", default=None, help="pickapic: where to write the images (default: OUT_images/ next to OUT)")
     p.add_argument("--max-rows", default=None, help="read at most this many input rows")
-    p.add_argument("--split", default="train", help="split of a Hub dataset or a save_to_disk DatasetDict")
+    p.add_argument("--split", default="train", help="split of a Hub dataset or a save_to_disk DatasetDict (default: train)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return p
 

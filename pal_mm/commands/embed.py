@@ -1,5 +1,6 @@
 """``pal-mm embed``: precompute embeddings of a data set into the on-disk cache, so later
-``train`` / ``eval`` / ``adapt`` runs with the same encoder find them there."""
+``train`` / ``eval`` / ``adapt`` runs with the same encoder find them there. Conversations are
+rendered exactly as those commands render them (:mod:`pal_mm.conversation`), so they hit the cache."""
 
 from __future__ import annotations
 

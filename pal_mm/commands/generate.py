@@ -7,6 +7,7 @@ from . import _common as c
 EXAMPLES = """\
   pal-mm generate --pipeline stabilityai/sd-turbo --prompt "a cat on a sofa" --num-images 8 \\
       --model runs/t2i --user alice --user bob --out samples/ --steps 1 --guidance-scale 0
+  pal-mm generate --pipeline stabilityai/sd-turbo --prompt "a cat" --model rm_alice --out samples/   # exported model
 """
 
 
@@ -25,8 +26,8 @@ def add_parser(sub):
     p.add_argument("--pipeline", help="diffusers pipeline: Hub id (e.g. stabilityai/sd-turbo) or local directory")
     p.add_argument("--prompt", help="the text prompt")
     p.add_argument("--num-images", type=_positive, default=4, help="images to sample, N (default: 4)")
-    p.add_argument("--model", help="PAL model directory (an image-text encoder)")
-    p.add_argument("--user", action="append", default=[], help="a known user id (repeatable)")
+    p.add_argument("--model", help="PAL model directory or exported reward model (an image-text encoder)")
+    p.add_argument("--user", action="append", default=[], help="a known user id (repeatable; none for an exported model)")
     p.add_argument("--out", help="output directory: images/*.png, scores.json, contact_sheet.png")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--steps", type=_positive, default=None, help="inference steps (default: the pipeline's)")
@@ -43,10 +44,11 @@ def run(args) -> int:
     c.require(args, "pipeline", "prompt", "model", "out")
     c.check_output(args.out, args.overwrite)
     from ..generation import best_of_n
+    from .score_images import scoring_model
 
-    model = c.load_pal_model(args)
+    model, users = scoring_model(args, list(args.user))
     with c.atomic_output_dir(args.out, args.overwrite) as tmp:
-        result = best_of_n(args.pipeline, args.prompt, args.num_images, model, args.user, tmp, steps=args.steps,
+        result = best_of_n(args.pipeline, args.prompt, args.num_images, model, users, tmp, steps=args.steps,
                            seed=args.seed, guidance_scale=args.guidance_scale, height=args.height, width=args.width,
                            batch_size=args.batch_size, device=args.device, dtype=args.dtype)
         c.write_run_config(tmp, args)

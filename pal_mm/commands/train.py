@@ -54,6 +54,8 @@ def run(args) -> int:
         model.write_files(work.directory)
         c.write_run_config(work.directory, args)
     summary = ", ".join(f"{k}={v}" for k, v in model.metrics.items() if not isinstance(v, (dict, list)))
+    beliefs = model.metrics.get("beliefs", {})
+    summary += "".join(f", {k}={beliefs[k]}" for k in ("inv_temperature", "prior_strength") if k in beliefs)
     chosen = model.metrics.get("k_selection")
     if chosen:
         print("K on validation: " + ", ".join(f"K={r['k']} loss {r['score']:.4f}" for r in chosen["candidates"])

@@ -10,7 +10,9 @@ A head maps embeddings to rewards. Notation (shapes in brackets): ``b`` batch, `
   training embeddings and saved with the model).
 * A subclass implements :meth:`build` (its modules), :meth:`reward` and :meth:`param_groups`; it may
   override :meth:`pair_rewards` (share work between the two items of a pair), :meth:`training_loss`
-  (an extra term, context sampling...), :meth:`user_objective` (a cheap form of the new-user loss),
+  (an extra term, context sampling...), :meth:`user_pair_features` / :meth:`margins_from_features` (a
+  cheap, per-pair form of new users' margins, which :meth:`user_margins` and the new-user loss
+  :meth:`user_objective` are built on),
   :meth:`infer_users` (amortised inference of new users' rows, without gradient steps) and the
   training hooks :meth:`prepare_training` / :meth:`finish_training`.
 * A user's row has :attr:`state_dim` numbers (K logits for simplex heads; a latent vector for heads
@@ -122,16 +124,58 @@ class PreferenceHead(nn.Module):
         new = torch.cat([self.user_logits.data, logits.to(self.user_logits)], 0)
         self.user_logits = nn.Parameter(new, requires_grad=self.user_logits.requires_grad)
 
+    def user_pair_features(self, prompt_emb: torch.Tensor, chosen_emb: torch.Tensor,
+                           rejected_emb: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The frozen parts of new users' pair margins, every tensor (n, ...) with one row per pair (so
+        features of different pairs can be concatenated, e.g. to extend a user's pairs online). The
+        default keeps the raw embeddings; heads override it with a cheaper reduced form (evaluated
+        once, without gradients)."""
+        return {"prompt": prompt_emb, "chosen": chosen_emb, "rejected": rejected_emb}
+
+    def margins_from_features(self, features: dict[str, torch.Tensor], logits: torch.Tensor,
+                              user_rows: torch.Tensor) -> torch.Tensor:
+        """(n,) margins reward(chosen) - reward(rejected) of the pairs in ``features`` for users'
+        rows ``logits`` (n_users, state_dim), pair i belonging to user ``user_rows[i]``; must equal
+        :meth:`margin` up to float rounding and be differentiable in ``logits``."""
+        w = self.weights_from_logits(logits)[user_rows]
+        return self.margin(features["prompt"], features["chosen"], features["rejected"], w)
+
+    def margin_gradients_from_features(self, features: dict[str, torch.Tensor], logits: torch.Tensor,
+                                       user_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n,) margins of :meth:`margins_from_features` and (n, state_dim) their gradients, row i being
+        d m_i / d logits[user_rows[i]] (a pair depends on its own user's row only). The default uses
+        autograd with one row of logits per pair; heads may override it with a closed form."""
+        n = user_rows.shape[0]
+        with torch.enable_grad():
+            rows = logits.detach()[user_rows].clone().requires_grad_(True)
+            m = self.margins_from_features(features, rows, torch.arange(n, device=rows.device))
+            (grad,) = torch.autograd.grad(m.sum(), rows)
+        return m.detach(), grad
+
+    def user_margins(self, prompt_emb: torch.Tensor, chosen_emb: torch.Tensor, rejected_emb: torch.Tensor,
+                     user_rows: torch.Tensor, n_users: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``fn(logits (n_users, state_dim)) -> (n,)``: every pair's margin as a function of the new
+        users' rows (pair i belongs to user ``user_rows[i]``), the frozen parts evaluated once
+        (:meth:`user_pair_features`, :meth:`margins_from_features`). New users' losses
+        (:meth:`user_objective`), posteriors and online updates (:mod:`pal_mm.posterior`) build on it."""
+        with torch.no_grad():
+            features = self.user_pair_features(prompt_emb, chosen_emb, rejected_emb)
+
+        def margins(logits: torch.Tensor) -> torch.Tensor:
+            return self.margins_from_features(features, logits, user_rows)
+
+        return margins
+
     def user_objective(self, prompt_emb: torch.Tensor, chosen_emb: torch.Tensor, rejected_emb: torch.Tensor,
                        user_rows: torch.Tensor, n_users: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``fn(logits (n_users, K)) -> (n_users,)``: each new user's mean loss over their pairs (pair i
-        belongs to user ``user_rows[i]``), the frozen parts of the head evaluated once. This direct
-        form works for every head; heads override it with a cheaper, equal form."""
+        """``fn(logits (n_users, K)) -> (n_users,)``: each new user's mean loss over their pairs, from
+        :meth:`user_margins` (so a head's reduced margin form makes this cheap too)."""
         counts = torch.bincount(user_rows, minlength=n_users).clamp_min(1).float()
+        margins = self.user_margins(prompt_emb, chosen_emb, rejected_emb, user_rows, n_users)
 
         def objective(logits: torch.Tensor) -> torch.Tensor:
-            m = self.margin(prompt_emb, chosen_emb, rejected_emb, self.weights_from_logits(logits)[user_rows])
-            return torch.zeros(n_users).index_add(0, user_rows, self.loss(m, reduction="none")) / counts
+            per_pair = self.loss(margins(logits), reduction="none")
+            return torch.zeros(n_users, dtype=per_pair.dtype).index_add(0, user_rows, per_pair) / counts
 
         return objective
 

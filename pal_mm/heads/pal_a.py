@@ -5,15 +5,11 @@ point is ``a_u = f(w_u^T P)`` and an item scores ``r(x) = -|| f(x) - a_u ||_2`` 
 Trained with a hinge loss on the margin. With ``pal_a_use_prompt`` (default) the item input is
 ``[prompt ; item]`` (the paper encodes prompt and response together).
 
-New users (:meth:`PALAHead.user_objective`): ``|f(x) - a|^2 = |f(x)|^2 - 2 f(x).a + |a|^2`` with ``a``
-computed once per user; users with the same number of pairs are stacked so ``f(x).a`` is one
-batched product per group.
+New users (:meth:`PALAHead.user_pair_features`): ``|f(x) - a|^2 = |f(x)|^2 - 2 f(x).a + |a|^2`` with ``a``
+computed once per user and ``f(x)`` once per item.
 """
 
 from __future__ import annotations
-
-from collections import defaultdict
-from typing import Callable
 
 import torch
 from einops import einsum
@@ -76,33 +72,15 @@ class PALAHead(PreferenceHead):
         self._copy_split_state(source, prototype)
 
     # ----- new users ---------------------------------------------------------------------------
-    def user_objective(self, prompt_emb, chosen_emb, rejected_emb, user_rows: torch.Tensor,
-                       n_users: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        with torch.no_grad():
-            item_c = self.item_embedding(prompt_emb, chosen_emb)  # (n, d)
-            item_r = self.item_embedding(prompt_emb, rejected_emb)
-        rows_of: dict[int, list[int]] = defaultdict(list)
-        for row, u in enumerate(user_rows.tolist()):
-            rows_of[u].append(row)
-        users_with: dict[int, list[int]] = defaultdict(list)  # pairs per user -> users
-        for u, rows in rows_of.items():
-            users_with[len(rows)].append(u)
-        groups = []
-        for us in users_with.values():
-            r = torch.as_tensor([rows_of[u] for u in us], dtype=torch.long)  # (users, c)
-            xc, xr = item_c[r], item_r[r]
-            groups.append((torch.as_tensor(us, dtype=torch.long), xc, xr, xc.pow(2).sum(-1), xr.pow(2).sum(-1)))
+    def user_pair_features(self, prompt_emb, chosen_emb, rejected_emb) -> dict[str, torch.Tensor]:
+        item_c = self.item_embedding(prompt_emb, chosen_emb)  # (n, d)
+        item_r = self.item_embedding(prompt_emb, rejected_emb)
+        return {"item_c": item_c, "item_r": item_r, "sq_c": item_c.pow(2).sum(-1), "sq_r": item_r.pow(2).sum(-1)}
 
-        def objective(logits: torch.Tensor) -> torch.Tensor:
-            ideal = self.ideal_point(None, self.weights_from_logits(logits))  # (n_users, d)
-            out = torch.zeros(n_users)
-            for us, xc, xr, sq_c, sq_r in groups:
-                a = ideal[us]
-                aa = a.pow(2).sum(-1, keepdim=True)
-                dist_c = (sq_c - 2 * einsum(xc, a, "u c d, u d -> u c") + aa).clamp_min(1e-12).sqrt()
-                dist_r = (sq_r - 2 * einsum(xr, a, "u c d, u d -> u c") + aa).clamp_min(1e-12).sqrt()
-                per_pair = self.loss(dist_r - dist_c, reduction="none")  # margin = -d_c + d_r
-                out = out.index_add(0, us, per_pair.mean(1))
-            return out
-
-        return objective
+    def margins_from_features(self, features, logits: torch.Tensor, user_rows: torch.Tensor) -> torch.Tensor:
+        ideal = self.ideal_point(None, self.weights_from_logits(logits))  # (n_users, d): once per user
+        a = ideal[user_rows]
+        aa = a.pow(2).sum(-1)
+        dist_c = (features["sq_c"] - 2 * einsum(features["item_c"], a, "n d, n d -> n") + aa).clamp_min(1e-12).sqrt()
+        dist_r = (features["sq_r"] - 2 * einsum(features["item_r"], a, "n d, n d -> n") + aa).clamp_min(1e-12).sqrt()
+        return dist_r - dist_c  # margin = r(chosen) - r(rejected) = -d_c + d_r

@@ -4,14 +4,12 @@ K maps ``g_k`` of the prompt are the prototypes; user ``u``'s ideal point is
 ``u(p) = sum_k w_uk g_k(p)`` and an item scores ``r(x) = min(e^s, s_max) * cos(u(p), f(x))``.
 Trained with the Bradley-Terry loss; the logit scale ``s`` is learned.
 
-New users (:meth:`PALBHead.user_objective`): ``cos(u, f(x))`` needs only the K inner products
+New users (:meth:`PALBHead.user_pair_features`): ``cos(u, f(x))`` needs only the K inner products
 ``<g_k(p), f(x)>``, the K x K Gram matrix ``<g_k(p), g_l(p)>`` and ``|f(x)|``, so each step costs
 O(K^2) per pair instead of O(K d).
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -94,25 +92,36 @@ class PALBHead(PreferenceHead):
         return {"logit_scale": float(self.scale().detach())}
 
     # ----- new users ---------------------------------------------------------------------------
-    def user_objective(self, prompt_emb, chosen_emb, rejected_emb, user_rows: torch.Tensor,
-                       n_users: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        counts = torch.bincount(user_rows, minlength=n_users).float()
+    def user_pair_features(self, prompt_emb, chosen_emb, rejected_emb) -> dict[str, torch.Tensor]:
+        n = chosen_emb.shape[0]
+        items = self.item_embedding(None, torch.cat([chosen_emb, rejected_emb]))  # (2n, d): f once for both items
+        item_c, item_r = items[:n], items[n:]
+        protos = self.prototypes(prompt_emb)  # (n, K, d)
+        return {"dot_c": einsum(protos, item_c, "n k d, n d -> n k"), "dot_r": einsum(protos, item_r, "n k d, n d -> n k"),
+                "gram": einsum(protos, protos, "n k d, n l d -> n k l"), "norm_c": item_c.norm(dim=-1),
+                "norm_r": item_r.norm(dim=-1)}
+
+    def margins_from_features(self, features, logits: torch.Tensor, user_rows: torch.Tensor) -> torch.Tensor:
+        w = self.weights_from_logits(logits)[user_rows]  # (n, K)
+        norm_u = ((w[:, None, :] @ features["gram"]) @ w[:, :, None]).reshape(-1).clamp_min(0).sqrt()  # sqrt(w^T G w)
+        cos_c = (w * features["dot_c"]).sum(-1) / (norm_u * features["norm_c"]).clamp_min(1e-8)
+        cos_r = (w * features["dot_r"]).sum(-1) / (norm_u * features["norm_r"]).clamp_min(1e-8)
+        return self.scale().detach() * (cos_c - cos_r)
+
+    def margin_gradients_from_features(self, features, logits: torch.Tensor, user_rows: torch.Tensor):
+        """Closed form (no autograd), for fast online updates: with w = softmax(W), q = G w,
+        u = sqrt(w^T q), A = w . dot: dm/dw = s [(dot_c / |f_c| - dot_r / |f_r|) / u - (A_c / |f_c| - A_r / |f_r|) q / u^3]
+        and dm/dW = w * (dm/dw - w . dm/dw). (Ignores the 1e-8 clamps, i.e. zero-length vectors.)"""
+        if type(self).weights_from_logits is not PreferenceHead.weights_from_logits:
+            return super().margin_gradients_from_features(features, logits, user_rows)
         with torch.no_grad():
-            item_c = self.item_embedding(prompt_emb, chosen_emb)  # (n, d)
-            item_r = self.item_embedding(prompt_emb, rejected_emb)
-            protos = self.prototypes(prompt_emb)  # (n, K, d)
-            dot_c = einsum(protos, item_c, "n k d, n d -> n k")
-            dot_r = einsum(protos, item_r, "n k d, n d -> n k")
-            gram = einsum(protos, protos, "n k d, n l d -> n k l")
-            norm_c, norm_r = item_c.norm(dim=-1), item_r.norm(dim=-1)
+            w = torch.softmax(logits.detach(), dim=-1)[user_rows]  # (n, K)
+            q = (features["gram"] @ w[:, :, None])[..., 0]  # (n, K)
+            u = (w * q).sum(-1).clamp_min(1e-16).sqrt()
+            dc, dr = features["dot_c"] / features["norm_c"][:, None], features["dot_r"] / features["norm_r"][:, None]
+            a = (w * dc).sum(-1) - (w * dr).sum(-1)  # (A_c / |f_c| - A_r / |f_r|)
             scale = self.scale()
-
-        def objective(logits: torch.Tensor) -> torch.Tensor:
-            w = self.weights_from_logits(logits)[user_rows]  # (n, K)
-            norm_u = einsum(w, gram, w, "n k, n k l, n l -> n").clamp_min(0).sqrt()
-            cos_c = (w * dot_c).sum(-1) / (norm_u * norm_c).clamp_min(1e-8)
-            cos_r = (w * dot_r).sum(-1) / (norm_u * norm_r).clamp_min(1e-8)
-            per_pair = self.loss(scale * (cos_c - cos_r), reduction="none")
-            return torch.zeros(n_users).index_add(0, user_rows, per_pair) / counts
-
-        return objective
+            m = scale * a / u
+            dm_dw = scale * ((dc - dr) / u[:, None] - (a / u.pow(3))[:, None] * q)
+            grad = w * (dm_dw - (w * dm_dw).sum(-1, keepdim=True))
+        return m, grad
