@@ -59,6 +59,8 @@ def test_auto_k_finds_k_true(tmp_path):
     summary = [r for r in records if "k_selection" in r]
     assert [r["k_selection"] for r in summary] == [c["k"] for c in sel["candidates"]]
     assert {"val_loss", "val_accuracy", "fewshot_loss", "fewshot_accuracy", "score", "gain_se"} <= set(summary[0])
+    card = str(model.generate_model_card())  # the model card shows the Ks tried
+    assert "## K chosen on validation" in card and "| 3 |" in card and "**K = 3**" in card
 
 
 def test_auto_k_errors():

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
 from pathlib import Path
 
@@ -35,6 +36,7 @@ import torch
 
 from encoders.precomputed import PrecomputedEncoder
 from pal_mm import AdaptConfig, PALConfig, TrainConfig, adapt, evaluate, fit
+from pal_mm.config import DEFAULT_DIM
 from pal_mm.embedding import EncodedPairs
 
 from ..common import add_config_args, config_path, load_config, machine, make_log, write_json, write_text
@@ -93,6 +95,8 @@ def train_one(entry: dict, head: dict, train: dict, seed: int) -> dict:
     data = entry["data"]
     t0 = time.perf_counter()
     encoder = PrecomputedEncoder(prompt_dim=data["train"].prompt.shape[1], item_dim=data["train"].chosen.shape[1])
+    if head.get("dim") == "item":  # the width tied to the item embeddings (the previous default)
+        head = {**head, "dim": encoder.item_dim}
     model = fit(data["train"], data["val"], encoder, PALConfig(**{"k": entry["k"], **head}),
                 TrainConfig(**{**train, "seed": seed, "progress": False}))
     out = {"val": model.metrics.get("val_accuracy"), "test": evaluate(model, data["test"])["accuracy"],
@@ -109,9 +113,13 @@ def run_dataset(entry: dict, cfg: dict) -> dict:
     """Every candidate (and the oracle fit, for generated data) on one data set."""
     seed = int(cfg.get("seed", 0))
     runs = {}
+    item_dim = entry["data"]["train"].chosen.shape[1]
     for name, cand in _selected(cfg, "candidates").items():
         cand = cand or {}
-        runs[name] = train_one(entry, cand.get("head", {}), cand.get("train", {}), seed)
+        if cand.get("head", {}).get("dim") == "item" and item_dim == DEFAULT_DIM and "defaults" in runs:
+            runs[name] = {**runs["defaults"], "same_as": "defaults"}  # d = the item width = the default width
+        else:
+            runs[name] = train_one(entry, cand.get("head", {}), cand.get("train", {}), seed)
         r = runs[name]
         log(f"  {entry['name']:<14} {name:<22} val {r['val']:.4f}  test {r['test']:.4f}  new {r['new']:.4f}  "
             f"epochs {r['best_epoch']}/{r['epochs_run']}  {r['seconds']:.1f}s")
@@ -145,38 +153,51 @@ def summarise(datasets: dict) -> tuple[dict, dict, str]:
 
 def main(argv=None) -> dict:
     ap = add_config_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), HERE)
-    ap.add_argument("--only", nargs="+", help="run only these data sets (names from the config)")
+    ap.add_argument("--only", nargs="+", help="run only these data sets (names from the config; auto-k: the auto-K part)")
     ap.add_argument("--skip-auto-k", action="store_true", help="leave out the auto-K part")
+    ap.add_argument("--resume", action="store_true", help="reuse the parts already in OUT/parts (one file per data set)")
     a = ap.parse_args(argv)
     cfg = load_config(config_path(a, HERE))
     torch.set_num_threads(int(cfg.get("threads", 1)))
     out = Path(a.out)
-    t0 = time.perf_counter()
+    parts = out / "parts"  # one file per data set (and auto-k), written as soon as it is done
+    wanted = lambda name: not a.only or name in a.only  # noqa: E731
+    done = lambda name: a.resume and (parts / f"{name}.json").is_file()  # noqa: E731
 
     entries = []
     for spec in generated_specs(cfg):
-        if a.only and spec.name not in a.only:
+        if not wanted(spec.name) or done(spec.name):
             continue
         data, bayes = make_data(spec)
         entries.append({"name": spec.name, "data": data, "new_rows": new_user_split(spec), "k": spec.k_true,
                         "spec": spec.to_dict(), "bayes": bayes, "oracle_head": oracle_head(spec)})
-    if not a.only or any(n == "summary" or n.startswith("t2i-") for n in a.only):
-        entries += [e for e in load_embedded(cfg) if not a.only or e["name"] in a.only]
+    embedded = [n for n in cfg.get("embedded") or [] if wanted(n) and not done(n)]
+    if embedded:
+        entries += load_embedded({**cfg, "embedded": embedded})
 
-    datasets = {}
     for entry in entries:
         log(f"{entry['name']}: {len(entry['data']['train'])} train pairs, K = {entry['k']}")
+        t0 = time.perf_counter()
         res = run_dataset(entry, cfg)
-        datasets[entry["name"]] = {"spec": entry.get("spec"), "bayes": entry.get("bayes"), "k": entry["k"],
-                                   "widths": entry.get("widths") or [entry["spec"]["prompt_dim"], entry["spec"]["item_dim"]],
-                                   **res}
-    summary, selection, selected = summarise(datasets)
-    results = {"config": cfg, "datasets": datasets, "summary": summary, "selection": selection, "selected": selected}
-    if cfg.get("auto_k") and not a.skip_auto_k:
+        write_json(parts / f"{entry['name']}.json", {
+            "spec": entry.get("spec"), "bayes": entry.get("bayes"), "k": entry["k"],
+            "widths": entry.get("widths") or [entry["spec"]["prompt_dim"], entry["spec"]["item_dim"]], **res,
+            "seconds": round(time.perf_counter() - t0, 1)})
+    if cfg.get("auto_k") and not a.skip_auto_k and wanted("auto-k") and not done("auto-k"):
         from .auto_k import run_auto_k
 
-        results["auto_k"] = run_auto_k(cfg["auto_k"], cfg["base"], log)
-    results["runtime_s"] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
+        write_json(parts / "auto-k.json", {**run_auto_k(cfg["auto_k"], cfg["base"], log),
+                                           "seconds": round(time.perf_counter() - t0, 1)})
+
+    names = [n for n in [s.name for s in generated_specs(cfg)] + list(cfg.get("embedded") or []) if wanted(n)]
+    datasets = {n: json.loads((parts / f"{n}.json").read_text()) for n in names if (parts / f"{n}.json").is_file()}
+    summary, selection, selected = summarise(datasets)
+    results = {"config": cfg, "datasets": datasets, "summary": summary, "selection": selection, "selected": selected}
+    if (parts / "auto-k.json").is_file() and wanted("auto-k") and not a.skip_auto_k:
+        results["auto_k"] = json.loads((parts / "auto-k.json").read_text())
+    # the parts may have run in several processes: the runtime is the sum of their wall times
+    results["runtime_s"] = round(sum(d["seconds"] for d in datasets.values()) + results.get("auto_k", {}).get("seconds", 0), 1)
     results["machine"] = machine()
 
     from .report import plot, results_markdown

@@ -136,7 +136,7 @@ def results_markdown(results: dict, details: dict) -> str:
         "",
         f"The library's few-shot protocol (`pal_mm.fewshot`), split seed = training seed: {cfg['unseen']['test_pairs']} fixed "
         "test pairs per new user, training sets nested in n; `adapt` "
-        f"learns only the new users' K logits ({cfg['unseen']['adapt']['steps']} steps, no model selection). "
+        "learns only the new users' K logits (MAP under the prior learned from the seen users, no model selection). "
         "K=1 and the single RM have no user state, so their accuracy cannot change with n.",
         "",
         "| method | " + " | ".join(f"n={n}" for n in ns) + " |",
@@ -194,9 +194,9 @@ def comparison(results: dict, details: dict) -> list[str]:
         "(the Pick-a-Filter recipe of the paper applied to these pairs). No real users and no diffusion images, so "
         "absolute accuracies are not comparable with the paper's.",
         encoder_bullet(results),
-        f"- **Protocol.** Seen users: 70 / 10 / 20 train / val / test per user; each model is trained from "
-        f"{_restarts(details)} initialisation(s) and keeps the best epoch of the best one on validation "
-        "(library defaults: K=2 starts from the users' clusters and falls back on K=1, see the README). Unseen users: "
+        "- **Protocol.** Seen users: 70 / 10 / 20 train / val / test per user; each model keeps its best epoch on "
+        "validation (library defaults: K=2 fits K=1 first, starts twice from the users' clusters and keeps the start "
+        "with the lower validation loss, or K=1 unless beaten by two standard errors; see the README). Unseen users: "
         "a fixed test set per user and nested training sets (the reference code splits train_size = n and tests on "
         "the rest, and selects checkpoints on that test set, which we do not do). Head: "
         f"`{head_setting(details, 'projector')}` at d = {head_setting(details, 'dim')} with input standardisation, Bradley-Terry loss, no bound loss.",
@@ -210,10 +210,6 @@ def head_setting(details: dict, key: str):
             if rs and key in rs[0]:
                 return rs[0][key]
     return (details["config"].get("head") or {}).get(key)
-
-
-def _restarts(details: dict) -> int:
-    return (details["config"].get("train") or {}).get("restarts", details["config"].get("restarts", 1))
 
 
 CLIP_H_PARAMS = 986e6  # OpenCLIP ViT-H/14, the encoder of the paper's text-to-image runs
@@ -241,8 +237,8 @@ def reading(results: dict) -> str:
         text += f"K=2 is clearly ahead at beta = {', '.join(ahead)}"
         text += f" and not at beta = {', '.join(rest)}. " if rest else ". "
     text += ("The synthetic groups differ by one strong, prompt-independent cue (a colour filter): once K=2 has "
-             "split into the two groups it is near perfect; where it has not split within the training budget it "
-             "stays at the population level (see the README's Tuning section). The paper's growth with beta is "
+             "split into the two groups it is near perfect; where the split is not clearly better on validation K=2 "
+             "keeps its K=1 fallback (see the README). The paper's growth with beta is "
              "measured on Pick-a-Pic with CLIP-H features and far more pairs per image.")
     return text
 
