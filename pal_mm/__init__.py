@@ -14,7 +14,8 @@ _EXPORTS = {
     "PreferenceData": "data",
     "create_head": "heads", "list_heads": "heads", "register_head": "heads",
     "PALModel": "model",
-    "fit": "training",
+    "fit": "selection",  # training.fit, or K chosen on validation with k="auto"
+    "select_k": "selection",
     "adapt": "adaptation",
     "evaluate": "evaluation",
 }

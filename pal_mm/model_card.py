@@ -35,6 +35,20 @@ def _card_data(tags: list[str], base: str | None, pal: dict, metrics: dict, name
                          eval_results=eval_results(metrics, model_name) or None, pal=pal, **extra)
 
 
+def k_selection_lines(sel: dict | None) -> list[str]:
+    """A table of the Ks tried by ``--k auto`` (:mod:`pal_mm.selection`), or nothing."""
+    if not sel:
+        return []
+    lines = ["", "## K chosen on validation", "", f"{sel['rule']}: **K = {sel['chosen']}**.", "",
+             "| K | val loss | val accuracy | few-shot loss | few-shot accuracy | gain (SE) | accepted |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sel["candidates"]:
+        gain = "" if r.get("gain_se") is None else f"{r['gain_se']:+.1f}"
+        lines.append(f"| {r['k']} | {r['val_loss']:.4f} | {r['val_accuracy']:.4f} | {r['fewshot_loss']:.4f} | "
+                     f"{r['fewshot_accuracy']:.4f} | {gain} | {'yes' if r['accepted'] else 'no'} |")
+    return lines
+
+
 def pal_model_card(model, **kwargs) -> ModelCard:
     """The card of a full PAL model; ``kwargs``: ``description`` (a paragraph), ``model_name``, or any
     other ``ModelCardData`` field (``datasets=``, ``language=``...)."""
@@ -67,6 +81,7 @@ def pal_model_card(model, **kwargs) -> ModelCard:
     ]
     if data:
         lines.append(f"| data | {json.dumps(data, default=str)} |")
+    lines += k_selection_lines(metrics.get("k_selection"))
     if metrics:
         lines += ["", "## Metrics", "", "```json", json.dumps(metrics, indent=2, default=str), "```"]
     lines += [

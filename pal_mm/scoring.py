@@ -35,6 +35,12 @@ def pair_margins(model: PALModel, pairs: EncodedPairs, batch_size: int = 4096) -
     return chosen - rejected
 
 
+def pair_losses(model: PALModel, pairs: EncodedPairs) -> torch.Tensor:
+    """(n,) the head's training loss of each pair (known users, eval mode), float64."""
+    with torch.no_grad():
+        return model.head.loss(pair_margins(model, pairs), reduction="none").double()
+
+
 def validation_metrics(model: PALModel, val: EncodedPairs) -> dict:
     """Loss, accuracy, reward margin and reward statistics on validation pairs."""
     r_c, r_r = pair_rewards(model, val)

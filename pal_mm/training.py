@@ -19,14 +19,11 @@ A batch is either slices of embedding tensors already in memory (frozen encoder)
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Callable
-
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -38,14 +35,17 @@ from encoders.atomic import write_text
 from encoders.base import Encoder
 
 from .checkpoint import load_checkpoint, optimizer_tensors, restore_optimizer, restore_rng, rng_tensors, save_checkpoint
-from .config import PALConfig, TrainConfig
+from .config import AUTO, PALConfig, TrainConfig
 from .data import PreferenceData
 from .embedding import EncodedPairs, check_modalities, encode_data, render_data
 from .errors import PalMMError
 from .finetune import token_level_loss
+from .heads import get_head_class
 from .model import PALModel
 from .prior import fit_beliefs
-from .scoring import mixture_mass, validation_metrics
+from .run_state import BestEpoch, load_model_state, model_state, prefix, prefixed, run_fingerprint
+from .scoring import mixture_mass, pair_losses, validation_metrics
+from .splitting import init_users_by_cluster, split_head
 from .tracking import make_trackers
 
 #: TrainConfig field giving each parameter group's learning rate; other groups use lr_projector
@@ -73,6 +73,8 @@ def build_model(train: EncodedPairs, encoder: Encoder, config: PALConfig, user_g
     """A fresh model sized from the training embeddings, normalisers fitted on them."""
     config.prompt_dim = train.prompt.shape[1]
     config.item_dim = train.chosen.shape[1]
+    if config.dim is None:
+        config.dim = config.default_dim()
     users = list(dict.fromkeys(train.user_ids))
     model = PALModel(config, encoder, users, user_groups)
     model.head.fit_normalizers(train.prompt, torch.cat([train.chosen, train.rejected]))
@@ -128,43 +130,6 @@ class _Batches:
 # ------------------------------------------------------------------------------------------
 # fit
 # ------------------------------------------------------------------------------------------
-class BestEpoch:
-    """Tracks the epoch with the lowest validation loss (its state is kept) and says when
-    ``patience`` epochs without improvement have passed (``patience=0``: never)."""
-
-    def __init__(self, patience: int):
-        self.patience = patience
-        self.val_loss = float("inf")
-        self.epoch = 0
-        self.state: dict | None = None
-        self.bad_epochs = 0
-
-    def update(self, record: dict, snapshot: Callable[[], dict]) -> bool:
-        """Take one epoch's record; ``snapshot()`` is called when it is the best so far. Returns
-        True when training should stop."""
-        if "val_loss" not in record:
-            return False
-        if record["val_loss"] < self.val_loss - 1e-6:
-            self.val_loss, self.epoch, self.state, self.bad_epochs = record["val_loss"], record["epoch"], snapshot(), 0
-            return False
-        self.bad_epochs += 1
-        return bool(self.patience) and self.bad_epochs >= self.patience
-
-    def metrics(self, history: list[dict]) -> dict:
-        """``best_epoch``, ``epochs_run`` and, with validation data, the best val loss/accuracy."""
-        out = {"best_epoch": self.epoch or len(history), "epochs_run": len(history)}
-        if self.state is not None:
-            out.update(val_loss=round(self.val_loss, 6), val_accuracy=round(history[self.epoch - 1]["val_accuracy"], 6))
-        return out
-
-    def to_json(self) -> dict:
-        return {"val_loss": self.val_loss, "epoch": self.epoch, "bad_epochs": self.bad_epochs}
-
-    def load(self, blob: dict, state: dict | None) -> None:
-        self.val_loss, self.epoch, self.bad_epochs = float(blob["val_loss"]), int(blob["epoch"]), int(blob["bad_epochs"])
-        self.state = state
-
-
 def fit(
     train: PreferenceData | EncodedPairs,
     val: PreferenceData | EncodedPairs | None,
@@ -176,6 +141,8 @@ def fit(
     user_groups: dict | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    split_source: PALModel | None = None,
+    beliefs: bool = True,
 ) -> PALModel:
     """Train a head on seen users and return the model with the best-validation weights.
 
@@ -185,9 +152,18 @@ def fit(
     trained from that many initialisations (seeds ``seed``, ``seed + 1``, ...) and the one with the
     lowest validation loss is returned. With ``checkpoint_dir`` a checkpoint is written after every
     epoch; ``resume=True`` continues from it (same data and settings) and ends with the same model as
-    an uninterrupted run."""
+    an uninterrupted run.
+
+    A K >= 2 model starts as ``train_config.k_init`` says (:mod:`pal_mm.splitting`): each user on the
+    prototype of their cluster; ``cluster`` and ``split`` first fit K = 1 on the same data (or take
+    ``split_source``, a fitted model of the same head type with fewer prototypes), whose copy is epoch 0
+    and is kept unless the K model beats it on validation by :data:`SPLIT_EVIDENCE` standard errors.
+    The trained model then gets its beliefs (calibration, prior over users, posteriors;
+    :func:`pal_mm.prior.fit_beliefs`) unless ``beliefs=False``."""
     tc = train_config or TrainConfig()
     config = copy.deepcopy(config or PALConfig())
+    if config.k == AUTO:
+        raise PalMMError("k='auto' trains one model per K: call pal_mm.fit or pal_mm.selection.select_k")
     finetune = tc.fine_tunes_encoder
     raw_train = raw_val = None
     if isinstance(train, PreferenceData):
@@ -201,15 +177,33 @@ def fit(
         check_modalities(encoder, val)
         raw_val = render_data(encoder, val)
         val = encode_data(encoder, val, cache)
+    tc = replace(tc, restarts=tc.restarts_for(config.k, val is not None and len(val) > 0))
     _check_run(train, val, encoder, config, tc, raw_train, raw_val)
+    if split_source is not None and (split_source.config.model_type != config.model_type or split_source.config.k >= config.k):
+        raise PalMMError(f"split_source must be a {config.model_type} model with fewer than K={config.k} prototypes, "
+                         f"got {split_source.config.model_type} K={split_source.config.k}")
+    needs_source = _splits(config, tc) and (tc.k_init == "split" or (val is not None and len(val) > 0))
+    if split_source is None and needs_source:
+        sub = Path(checkpoint_dir) / "split-source" if checkpoint_dir else None
+        source_tc = replace(tc, restarts=1, report_to="none")  # its epochs go to this run's metrics.jsonl
+        split_source = fit(train, val, encoder, replace(config, k=1), source_tc, user_groups=user_groups,
+                           checkpoint_dir=sub, resume=resume, beliefs=False)
     run = _Run(train, val, encoder, config, tc, raw_train if finetune else None, raw_val if finetune else None,
-               user_groups, metrics_path, checkpoint_dir)
+               user_groups, metrics_path, checkpoint_dir, split_source if needs_source else None)
     model = run.fit(resume)
+    if not beliefs:  # a K = 1 model fitted only to start a mixture from
+        return model
     if finetune:  # calibration, prior and posteriors need the fine-tuned encoder's embeddings
         train = encode_data(model.encoder, raw_train)
         val = encode_data(model.encoder, raw_val) if raw_val is not None else None
     fit_beliefs(model, train, val)
     return model
+
+
+def _splits(config: PALConfig, tc: TrainConfig) -> bool:
+    """True when this run needs a fitted K = 1 model (see :func:`fit`)."""
+    return (config.k > 1 and tc.k_init in ("cluster", "split") and not tc.fine_tunes_encoder
+            and get_head_class(config.model_type).splittable)
 
 
 def _check_run(train, val, encoder, config, tc, raw_train, raw_val) -> None:
@@ -231,6 +225,13 @@ def _check_run(train, val, encoder, config, tc, raw_train, raw_val) -> None:
         raise PalMMError(f"the token-level loss needs a text encoder for prompts and items, not {encoder.name!r}")
 
 
+#: a K >= 2 model replaces its K = 1 fallback only when its mean per-pair validation loss is lower by
+#: more than this many standard errors of the mean difference (see _Run._keep_k1_unless_clearly_worse):
+#: a split is a claim that the population has groups, made on clear evidence only (about a 2 % one-sided
+#: test). With 1 SE, one of three text-to-image runs at beta = 0.25 (a weak group signal) kept a split
+#: that was 1.3 SE better on validation and 2.6 points worse on test.
+SPLIT_EVIDENCE = 2.0
+
 #: wall-clock fields of an epoch record: written to timings.jsonl, not metrics.jsonl (so that the
 #: metrics file of a seeded run is byte-identical from run to run)
 TIMING_KEYS = ("epoch_seconds", "train_pairs_per_s")
@@ -239,13 +240,18 @@ TIMING_KEYS = ("epoch_seconds", "train_pairs_per_s")
 class _Run:
     """One call of :func:`fit`: the restarts, each an epoch loop, with checkpoints in between."""
 
-    def __init__(self, train, val, encoder, config, tc, raw_train, raw_val, user_groups, metrics_path, checkpoint_dir):
+    def __init__(self, train, val, encoder, config, tc, raw_train, raw_val, user_groups, metrics_path, checkpoint_dir,
+                 split_source: PALModel | None = None):
         self.train, self.val, self.encoder, self.config, self.tc = train, val, encoder, config, tc
+        self.split_source = split_source
         self.raw_train, self.raw_val, self.user_groups = raw_train, raw_val, user_groups
         self.metrics_path = Path(metrics_path) if metrics_path else None
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-        self.fingerprint = _run_fingerprint(train, val, config, tc, encoder)
-        self.records: list[dict] = []  # every epoch of every restart, for metrics.jsonl
+        self.fingerprint = run_fingerprint(train, val, config, tc, encoder)
+        # every epoch of every restart (after the K = 1 model it splits, if any), for metrics.jsonl
+        self.records: list[dict] = [{"stage": "split-source", **r} for r in (split_source.history if split_source else [])]
+        self.init_info: dict | None = None
+        self.evidence: float | None = None  # the last restart's gain over its K = 1 fallback, in standard errors
         self.tried: list[dict] = []  # finished restarts
         self.best_done: PALModel | None = None  # the best finished restart
         self.best_done_info: dict | None = None
@@ -263,7 +269,7 @@ class _Run:
             first, self.records, self.tried = int(state["restart"]), list(state["records"]), list(state["tried"])
             if state.get("best_done"):
                 self.best_done_info = state["best_done"]
-                self.best_done = self._model_from_state(self.best_done_info, _prefixed(tensors, "done."))
+                self.best_done = self._model_from_state(self.best_done_info, prefixed(tensors, "done."))
         for r in range(first, tc.restarts):
             model = self._fit_once(r, saved if r == first else None)
             self.records += model.history
@@ -280,7 +286,7 @@ class _Run:
     def _model_from_state(self, info: dict, tensors: dict[str, torch.Tensor]) -> PALModel:
         """A finished restart rebuilt from its saved state (after a resume)."""
         model = self._build(int(info["seed"]))
-        _load_model_state(model, tensors)
+        load_model_state(model, tensors)
         model = model.cpu().eval()
         model.metrics, model.history = dict(info["metrics"]), list(info["history"])
         model.data_info = {"train_pairs": len(self.train), "seen_users": len(model.users)}
@@ -302,12 +308,56 @@ class _Run:
                 raise PalMMError("no encoder parameter is trainable (--train-layers 0); use plain training instead")
             if self.tc.token_level:
                 self.encoder.token_states(["probe"])  # fails early for encoders without token states
+        self.init_info = self._init_users(model, seed, with_prompt=(seed - self.tc.seed) % 2 == 1)
         return model
+
+    def _init_users(self, model: PALModel, seed: int, with_prompt: bool) -> dict | None:
+        """``k_init``: split the K = 1 source and/or start each user on their cluster's prototype."""
+        head = model.head
+        if head.config.k < 2 or self.tc.k_init == "random" or not head.simplex_users or head.num_users < 2:
+            return None
+        if self.split_source is not None and self.tc.k_init == "split":
+            split_head(head, self.split_source.head)
+            if self.split_source.config.k > 1:  # users keep their source weights (see PreferenceHead.load_split)
+                return {"k_init": "split"}
+        info = init_users_by_cluster(head, self.train.prompt if with_prompt else None, self.train.chosen,
+                                     self.train.rejected, model.user_index(self.train.user_ids), seed)
+        return {"k_init": self.tc.k_init, "signature": "item x prompt" if with_prompt else "item", **info}
+
+    def _keep_k1_unless_clearly_worse(self, core: PALModel, val: EncodedPairs, best: BestEpoch, epoch0: dict) -> None:
+        """Keep the best K epoch only when its validation loss beats the source model (epoch 0: K = 1, or the
+        K' < K model given as ``split_source``) by more than :data:`SPLIT_EVIDENCE` standard errors of the
+        mean per-pair difference; otherwise revert to the source's copy. A small validation set would
+        otherwise pick a mixture whose gain is noise."""
+        trained = model_state(core)
+        k_losses = pair_losses(core, val)
+        split_head(core.head, self.split_source.head)
+        diff = k_losses - pair_losses(core, val)
+        se = float(diff.std()) / math.sqrt(len(diff))
+        self.evidence = round(-float(diff.mean()) / se, 3) if se > 0 else None  # standard errors better than K = 1
+        if float(diff.mean()) < -SPLIT_EVIDENCE * se:
+            load_model_state(core, trained)
+        else:
+            best.revert(epoch0, model_state(core))
+
+    def _epoch_zero(self, core: PALModel, val: EncodedPairs, restart: int | None, best: BestEpoch, history: list[dict]) -> None:
+        """Epoch 0: the fitted source model (K = 1, or K' < K) as a K model (prototype k a copy of source
+        prototype k mod K'; for K = 1 the same rewards for any weights) is a candidate for the best epoch,
+        so the result is never worse than the source on validation."""
+        fresh = None if self.tc.k_init == "split" else model_state(core)  # split: the model already is the copy
+        if fresh is not None:
+            split_head(core.head, self.split_source.head)
+        record = {"epoch": 0, **({} if restart is None else {"restart": restart}), **validation_metrics(core, val)}
+        history.append(record)
+        best.update(record, lambda: model_state(core))
+        if fresh is not None:
+            load_model_state(core, fresh)
 
     # ----- one restart ------------------------------------------------------------------------
     def _fit_once(self, r: int, saved: tuple | None) -> PALModel:
         tc = replace(self.tc, seed=self.tc.seed + r)
         restart = r if self.tc.restarts > 1 else None
+        self.evidence = None
         model = self._build(tc.seed)
         logging_dir = self.metrics_path.parent if self.metrics_path else None
         accelerator = Accelerator(cpu=tc.cpu, mixed_precision=_mixed_precision(tc),
@@ -327,15 +377,17 @@ class _Run:
         best, history, start = BestEpoch(tc.patience), [], 1
         if saved is not None:
             tensors, state = saved
-            _load_model_state(core, _prefixed(tensors, "model."))
+            load_model_state(core, prefixed(tensors, "model."))
             restore_optimizer(optimizer, tensors, state["optimizer"])
             restore_rng(gen, tensors, state["rng"])
-            best.load(state["best"], _prefixed(tensors, "best.") if state["best"]["epoch"] else None)
+            best.load(state["best"], prefixed(tensors, "best.") or None)
             history, start = list(state["history"]), int(state["epoch"]) + 1
         val = self.val if self.raw_val is None else None  # fine-tuning: re-encode val every epoch
         desc = f"{'finetune' if tc.fine_tunes_encoder else 'train'} {core.config.model_type} K={core.config.k}" + (
             "" if restart is None else f" (restart {restart})")
         bar = tqdm(range(start, tc.epochs + 1), desc=desc, disable=not tc.progress or not accelerator.is_main_process)
+        if saved is None and self.split_source is not None and self.val is not None and len(self.val):
+            self._epoch_zero(core, val if val is not None else self._encode_val(core), restart, best, history)
         stop = bool(history) and best.patience and best.bad_epochs >= best.patience
         for epoch in ([] if stop else bar):
             record = self._epoch(epoch, restart, step, core, optimizer, loader, batches, trainable, accelerator, tc)
@@ -346,7 +398,7 @@ class _Run:
             history.append(record)
             accelerator.log({k: v for k, v in record.items() if k not in ("epoch", "restart")}, step=epoch)
             bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("train_loss", "val_loss", "val_accuracy")})
-            stop = best.update(record, lambda: _model_state(core))
+            stop = best.update(record, lambda: model_state(core))
             if accelerator.is_main_process:
                 self._write_metrics(history)
                 if self.checkpoint_dir is not None:
@@ -355,12 +407,21 @@ class _Run:
                 break
         accelerator.end_training()
         if best.state is not None:
-            _load_model_state(core, best.state)
+            load_model_state(core, best.state)
+        if self.split_source is not None and best.epoch > 0 and history and history[0]["epoch"] == 0:
+            self._keep_k1_unless_clearly_worse(core, val if val is not None else self._encode_val(core), best, history[0])
         core = core.cpu().eval()
         core.head.finish_training(self.train.prompt, self.train.chosen, self.train.rejected, batches.user_idx)
         if tc.fine_tunes_encoder:
             core.encoder.mark_weights_changed()  # new weights: a new fingerprint for the cache
         core.metrics = best.metrics(history)
+        if self.init_info is not None:
+            core.metrics["k_init"] = self.init_info | (
+                {"kept_k1": core.metrics["best_epoch"] == 0, "gain_over_k1_se": self.evidence}
+                if self.split_source is not None and best.state is not None else {})
+        if self.split_source is not None:
+            core.metrics["split_source"] = {"k": self.split_source.config.k, **{
+                k: self.split_source.metrics.get(k) for k in ("val_loss", "val_accuracy", "best_epoch", "epochs_run")}}
         core.data_info = {"train_pairs": len(self.train), "seen_users": len(core.users)}
         if tc.fine_tunes_encoder:
             core.metrics.update(trainable_parameters=sum(p.numel() for p in trainable),
@@ -416,11 +477,11 @@ class _Run:
                     history: list[dict]) -> None:
         opt_tensors, opt_groups = optimizer_tensors(optimizer)
         rng, rng_json = rng_tensors(gen)
-        tensors = {**_prefix(_model_state(core), "model."), **opt_tensors, **rng}
+        tensors = {**prefix(model_state(core), "model."), **opt_tensors, **rng}
         if best.state is not None:
-            tensors.update(_prefix(best.state, "best."))
+            tensors.update(prefix(best.state, "best."))
         if self.best_done is not None:
-            tensors.update(_prefix(_model_state(self.best_done), "done."))
+            tensors.update(prefix(model_state(self.best_done), "done."))
         state = {"run": self.fingerprint, "restart": r, "epoch": epoch, "history": history, "records": self.records,
                  "tried": self.tried, "best": best.to_json(), "best_done": self.best_done_info, "optimizer": opt_groups,
                  "rng": rng_json}
@@ -437,53 +498,9 @@ def _mixed_precision(tc: TrainConfig) -> str:
     return "bf16" if gpu and tc.fine_tunes_encoder and torch.cuda.is_bf16_supported() else "no"
 
 
-def _model_state(model: PALModel) -> dict[str, torch.Tensor]:
-    """Head state plus the trainable encoder tensors (CPU copies) for best-epoch restore and checkpoints."""
-    state = {f"head.{k}": v.detach().cpu().clone() for k, v in model.head.state_dict().items()}
-    for k, p in model.encoder.named_parameters():
-        if p.requires_grad:
-            state[f"encoder.{k}"] = p.detach().cpu().clone()
-    return state
-
-
-def _load_model_state(model: PALModel, state: dict[str, torch.Tensor]) -> None:
-    model.head.load_state_dict(_prefixed(state, "head."))
-    enc = _prefixed(state, "encoder.")
-    if enc:
-        params = dict(model.encoder.named_parameters())
-        with torch.no_grad():
-            for k, v in enc.items():
-                params[k].copy_(v)
-
-
-def _is_encoder(model: PALModel, p: torch.Tensor) -> bool:
-    return any(p is q for q in model.encoder.parameters())
-
-
-def _prefix(state: dict, prefix: str) -> dict:
-    return {prefix + k: v for k, v in state.items()}
-
-
-def _prefixed(state: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
 def _val_loss(model: PALModel) -> float:
     v = model.metrics.get("val_loss")
     return math.inf if v is None or not math.isfinite(v) else float(v)
-
-
-def _run_fingerprint(train: EncodedPairs, val: EncodedPairs | None, config: PALConfig, tc: TrainConfig, encoder: Encoder) -> str:
-    """What a checkpoint must match to be resumed: data, settings and encoder."""
-    h = hashlib.sha256()
-    for pairs in (train, val):
-        if pairs is not None:
-            for t in (pairs.prompt, pairs.chosen, pairs.rejected):
-                h.update(t.detach().cpu().contiguous().numpy().tobytes())
-            h.update("\0".join(pairs.user_ids).encode())
-    settings = {k: v for k, v in asdict(tc).items() if k not in ("progress", "report_to")}
-    h.update(json.dumps([config.to_dict(), settings, encoder.fingerprint()], sort_keys=True, default=str).encode())
-    return h.hexdigest()
 
 
 def _divergence_message(epoch: int, step: int, train: EncodedPairs, tc: TrainConfig) -> str:
@@ -491,3 +508,7 @@ def _divergence_message(epoch: int, step: int, train: EncodedPairs, tc: TrainCon
     return (f"training diverged: the loss became NaN or infinite at epoch {epoch}, step {step}; likely causes: input "
             f"values too large (max |x| in the embeddings = {biggest:.3g}) or learning rates too high "
             f"(--lr-projector {tc.lr_projector:g}, --lr-users {tc.lr_users:g}); nothing was saved")
+
+
+def _is_encoder(model: PALModel, p: torch.Tensor) -> bool:
+    return any(p is q for q in model.encoder.parameters())

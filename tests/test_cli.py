@@ -32,7 +32,10 @@ def test_train_writes_model_dir(trained):
             "mixture_mass_0", "mixture_mass_2"} <= set(rows[0])
     cfg = yaml.safe_load((trained / "run_config.yaml").read_text())
     assert cfg["k"] == 3 and cfg["model"] == "pal-b" and cfg["encoder"] == "precomputed"
-    assert len((trained / "metrics.jsonl").read_text().splitlines()) == 3
+    records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    # the K = 1 model the mixture starts from (3 epochs), then each of the two starts (epoch 0 = K = 1's copy)
+    assert [r["epoch"] for r in records if r.get("stage") == "split-source"] == [1, 2, 3]
+    assert max(r["epoch"] for r in records) == 3
 
 
 def test_train_pal_a(synthetic_dir, tmp_path):

@@ -111,8 +111,10 @@ What differs from the paper's setting (so the numbers are not comparable one to 
   reward models of P-RLHF (unverified); we do not run it. Our baseline is a single (population) reward
   model head on the same frozen embeddings, so "+x points" here is PAL vs a non-personalised model, not
   vs P-RLHF, and the parameter ratio is against fine-tuning the whole encoder, not against P-RLHF.
-* **Training.** AdamW, batch 64, early stopping on the seen users' validation loss (up to {epochs} epochs), projectors
-  at lr 1e-3 (the paper: batch 4, 1 epoch, lr 1e-4); unseen users fitted for a fixed {steps} full-batch steps
+* **Training.** The library defaults (pal_mm.config, chosen by experiments/defaults): heads of width d = 64, AdamW,
+  batch 64, projectors at lr 1e-3 and user logits at 5e-2 (the paper: batch 4, 1 epoch, lr 1e-4 and 5e-3), K = 2
+  started from the seen users' clusters with the fitted K = 1 model as the fallback, early stopping on the seen users'
+  validation loss (up to {epochs} epochs); unseen users fitted for a fixed {steps} full-batch steps
   (the reference code: 20 epochs, checkpoint chosen on the test pairs; docs/method.md, "Known defects").
 """
 

@@ -71,14 +71,14 @@ def resolve_config(args: argparse.Namespace) -> dict:
 
 def head_config(cfg: dict, method: str) -> PALConfig:
     spec = {k: v for k, v in cfg["methods"][method].items() if k != "train"}
-    return PALConfig(**{**cfg["head"], **spec})
+    return PALConfig(**{**(cfg.get("head") or {}), **spec})
 
 
 def train_config(cfg: dict, method: str, seed: int) -> TrainConfig:
-    """The shared ``train`` settings, updated by the method's own ``train`` entry; ``restarts``
-    initialisations (seeds seed, seed+1, ...), the one with the lowest seen_val loss kept by ``fit``."""
-    return TrainConfig(**{**cfg["train"], **cfg["methods"][method].get("train", {}), "seed": seed, "progress": False,
-                          "restarts": int(cfg.get("restarts", 1))})
+    """The shared ``train`` settings (library defaults where the config names none), updated by the
+    method's own ``train`` entry."""
+    return TrainConfig(**{**(cfg.get("train") or {}), **cfg["methods"][method].get("train", {}), "seed": seed,
+                          "progress": False})
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,6 +154,7 @@ def run_task(key: str, method: str, seed: int) -> dict:
     out = {"beta": key, "method": method, "seed": seed, "accuracy": m["accuracy"],
            "val_accuracy": model.metrics.get("val_accuracy"), "best_epoch": model.metrics["best_epoch"],
            "epochs_run": model.metrics["epochs_run"], "learned_params": model.num_learned_parameters(), "restarts": restarts,
+           "dim": model.config.width, "projector": model.config.projector, "k_init": model.metrics.get("k_init"),
            "per_group": {g: v["accuracy"] for g, v in m.get("per_group", {}).items()}}
     if key == _STATE["unseen_key"]:
         ucfg = cfg["unseen"]

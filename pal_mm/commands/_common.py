@@ -65,6 +65,16 @@ def _number(kind: type):
     return parse
 
 
+def _or_auto(parse):
+    """A flag type that also takes the word ``auto`` (fields with ``metadata["auto"]``)."""
+
+    def parse_or_auto(text: str):
+        return "auto" if text.strip().lower() == "auto" else parse(text)
+
+    parse_or_auto.__name__ = getattr(parse, "__name__", "value")
+    return parse_or_auto
+
+
 def add_fields(p, cls, only: Iterable[str] | None = None, skip: Iterable[str] = (), flags: dict | None = None,
                defaults: dict | None = None) -> None:
     """One flag per field of the config dataclass ``cls``: its default, help text and choices come from
@@ -82,6 +92,8 @@ def add_fields(p, cls, only: Iterable[str] | None = None, skip: Iterable[str] = 
             kw["action"] = argparse.BooleanOptionalAction if default else "store_true"
         else:
             kw["type"] = _number(kind) if kind in (int, float) else str
+            if f.metadata.get("auto"):
+                kw["type"] = _or_auto(kw["type"])
             kw["metavar"] = f.metadata.get("metavar") or f.name.split("_")[-1].upper()
             if "choices" in f.metadata:
                 kw["choices"] = list(f.metadata["choices"])

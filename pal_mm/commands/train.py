@@ -9,6 +9,7 @@ HEAD_FLAGS = {"model_type": "--model"}  # the README's `--model pal-a | pal-b | 
 EXAMPLES = """\
   pal-mm train --data train.jsonl --val val.jsonl --encoder minilm --model pal-b --k 2 --out runs/m
   pal-mm train --data train.jsonl --val val.jsonl --restarts 3 --seed 0 --out runs/m --overwrite
+  pal-mm train --data train.jsonl --val val.jsonl --k auto --out runs/m   # K chosen on the validation pairs
   pal-mm train --config run.yaml --resume        # continue a killed run from its last epoch
 """
 
@@ -40,7 +41,7 @@ def run(args) -> int:
     config = c.config_from_args(PALConfig, args, HEAD_FLAGS, normalize_inputs=not args.no_normalize)
     tc = c.config_from_args(TrainConfig, args, progress=not args.quiet)
     target = c.check_output(args.out, args.overwrite, resume=args.resume)
-    from ..training import fit
+    from ..selection import fit
 
     encoder = c.make_encoder(args)
     train = c.load_data(args.data, encoder)
@@ -52,11 +53,15 @@ def run(args) -> int:
         model.data_info.update(train_file=str(args.data), val_file=str(args.val) if args.val else None)
         model.write_files(work.directory)
         c.write_run_config(work.directory, args)
-    summary = ", ".join(f"{k}={v}" for k, v in model.metrics.items() if k not in ("restarts", "beliefs"))
+    summary = ", ".join(f"{k}={v}" for k, v in model.metrics.items() if not isinstance(v, (dict, list)))
     beliefs = model.metrics.get("beliefs", {})
     summary += "".join(f", {k}={beliefs[k]}" for k in ("inv_temperature", "prior_strength") if k in beliefs)
+    chosen = model.metrics.get("k_selection")
+    if chosen:
+        print("K on validation: " + ", ".join(f"K={r['k']} loss {r['score']:.4f}" for r in chosen["candidates"])
+              + f" -> K={chosen['chosen']}")
     if cache is not None and encoder.uses_cache:
         print(f"embeddings ({encoder.name}): {cache.summary()}")
-    print(f"saved {config.model_type} K={config.k} ({len(model.users)} users, {model.num_learned_parameters():,} learned "
+    print(f"saved {config.model_type} K={model.config.k} ({len(model.users)} users, {model.num_learned_parameters():,} learned "
           f"parameters) to {args.out}; {summary}")
     return 0

@@ -50,6 +50,8 @@ class PreferenceHead(nn.Module):
     description: str = ""
     #: True when a user's row is K logits whose softmax is a point on the simplex
     simplex_users: bool = True
+    #: True when :meth:`load_split` can start this head from a fitted smaller one (K' < K)
+    splittable: bool = False
 
     def __init__(self, config: PALConfig, num_users: int = 0):
         super().__init__()
@@ -184,6 +186,40 @@ class PreferenceHead(nn.Module):
         return None
 
     # ----- training helpers -----------------------------------------------------------------------
+    def load_split(self, source: "PreferenceHead") -> None:
+        """Start at ``source`` (same type, K' <= K prototypes): everything shared copied, prototype k
+        a copy of source prototype k mod K'. With K' > 1 and the same users, each user keeps their
+        source weights (the copies get weight ~e^-30), so the head computes what ``source`` does; with
+        K' = 1 that holds for any weights and the user logits are not touched (heads with
+        :attr:`splittable`; see :mod:`pal_mm.splitting`)."""
+        raise PalMMError(f"head {self.name!r} cannot start from a smaller model (it does not split prototypes)")
+
+    def _copy_split_state(self, source: "PreferenceHead", prototype_of) -> None:
+        """Copy ``source``'s state into this head: ``prototype_of(key, own_value, source_state)`` gives the
+        value of a prototype-indexed key (or None for a key shared as it is); ``user_logits`` is kept."""
+        if type(source) is not type(self) or source.config.k > self.config.k:
+            raise PalMMError(f"cannot split a {source.name} K={source.config.k} model into {self.name} K={self.config.k}")
+        src = source.state_dict()
+        state = {}
+        with torch.no_grad():
+            for key, value in self.state_dict().items():
+                if key == "user_logits":
+                    state[key] = self._split_logits(value, src[key], source.config.k)
+                    continue
+                proto = prototype_of(key, value, src)
+                state[key] = (proto if proto is not None else src[key]).detach().clone().to(value)
+        self.load_state_dict(state)
+
+    @staticmethod
+    def _split_logits(own: torch.Tensor, src: torch.Tensor, k_src: int) -> torch.Tensor:
+        """(users, K) logits putting each user on their (users, K') source weights (see :meth:`load_split`)."""
+        if k_src == 1 or src.shape[0] != own.shape[0]:
+            return own
+        out = torch.empty_like(own)
+        out[:, :k_src] = src
+        out[:, k_src:] = src.min(dim=1, keepdim=True).values - 30.0
+        return out
+
     def prepare_training(self, prompt_emb: torch.Tensor, chosen_emb: torch.Tensor, rejected_emb: torch.Tensor,
                          user_idx: torch.Tensor) -> None:
         """Called once before the epoch loop with the whole training set (embeddings of a frozen

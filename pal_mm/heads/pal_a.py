@@ -26,6 +26,7 @@ class PALAHead(PreferenceHead):
     """Groups: ``projector_f``, ``P`` (prototype points), ``W`` (user logits)."""
 
     default_loss = "hinge"
+    splittable = True
     description = "PAL-A: K prototype ideal points, negative Euclidean distance, hinge"
 
     def build(self, c: PALConfig, gen: torch.Generator) -> None:
@@ -61,6 +62,14 @@ class PALAHead(PreferenceHead):
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"projector_f": list(self.f.parameters()), "W": [self.user_logits], "P": [self.P]}
+
+    def load_split(self, source: "PALAHead") -> None:
+        k_src = source.config.k
+
+        def prototype(key, value, src):  # P[k] <- P[k mod K']
+            return src["P"][torch.arange(self.config.k) % k_src] if key == "P" else None
+
+        self._copy_split_state(source, prototype)
 
     # ----- new users ---------------------------------------------------------------------------
     def user_pair_features(self, prompt_emb, chosen_emb, rejected_emb) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ class PALBHead(PreferenceHead):
     """Groups: ``projector_f``, ``projectors_gk``, ``W`` (user logits), ``logit_scale``."""
 
     default_loss = "bt"
+    splittable = True
     description = "PAL-B: K prompt-conditioned prototype reward functions, scaled cosine, Bradley-Terry"
 
     def build(self, c: PALConfig, gen: torch.Generator) -> None:
@@ -71,6 +72,17 @@ class PALBHead(PreferenceHead):
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"projector_f": list(self.f.parameters()), "W": [self.user_logits],
                 "projectors_gk": list(self.g.parameters()), "logit_scale": [self.logit_scale]}
+
+    def load_split(self, source: "PALBHead") -> None:
+        k_src = source.config.k
+
+        def prototype(key, value, src):  # g.<k>.<rest> <- g.<k mod K'>.<rest>
+            if not key.startswith("g."):
+                return None
+            _, k, rest = key.split(".", 2)
+            return src[f"g.{int(k) % k_src}.{rest}"]
+
+        self._copy_split_state(source, prototype)
 
     def reward_range(self) -> tuple[float, float]:
         scale = float(self.scale().detach())  # r = min(e^s, s_max) * cos
