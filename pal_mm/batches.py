@@ -30,8 +30,8 @@ class PairBatches(Dataset):
 
     def __getitems__(self, idx: list[int]):
         if self.raw is None:  # gathered by slicing whole tensors
-            rows = torch.as_tensor(idx)
-            return tuple(t[rows] for t in self.tensors)
+            rows = torch.tensor(idx, dtype=torch.long)
+            return tuple(t.index_select(0, rows) for t in self.tensors)
         return list(idx)
 
     @staticmethod
