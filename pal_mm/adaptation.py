@@ -31,6 +31,7 @@ from .heads.base import PreferenceHead
 from .model import PALModel
 from .beliefs import user_basis
 from .posterior import UserPairs, laplace_precision, posterior_mixture
+from .threads import STEP_PAIRS, for_head, head_step_work
 
 
 def adapt(model: PALModel, data: PreferenceData | EncodedPairs, config: AdaptConfig | None = None,
@@ -47,11 +48,13 @@ def adapt(model: PALModel, data: PreferenceData | EncodedPairs, config: AdaptCon
     if clash:
         raise PalMMError(f"user(s) already in the model: {', '.join(clash[:5])} (adapt is for new users)")
     amortised = type(model.head).infer_users is not PreferenceHead.infer_users
-    if cfg.prior and model.has_posterior and not amortised:
-        logits, precision = fit_user_posterior(model, data, new_users, cfg)
-    else:
-        logits = fit_user_logits(model, data, new_users, cfg)
-        precision = prior_laplace_precision(model, data, new_users, logits) if model.has_posterior else None
+    c = model.config  # many small batched steps: the thread policy of training this head (pal_mm.threads)
+    with for_head(head_step_work(STEP_PAIRS, c.prompt_dim, c.item_dim, c.width, c.k)):
+        if cfg.prior and model.has_posterior and not amortised:
+            logits, precision = fit_user_posterior(model, data, new_users, cfg)
+        else:
+            logits = fit_user_logits(model, data, new_users, cfg)
+            precision = prior_laplace_precision(model, data, new_users, logits) if model.has_posterior else None
     model.add_users(new_users, logits, {u: g for u, g in (user_groups or {}).items() if u in set(new_users)}, precision)
     return model
 

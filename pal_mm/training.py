@@ -37,6 +37,7 @@ from encoders.base import Encoder
 from .checkpoint import load_checkpoint, optimizer_tensors, restore_optimizer, restore_rng, rng_tensors, save_checkpoint
 from .config import AUTO, PALConfig, TrainConfig
 from .data import PreferenceData
+from .batches import PairBatches
 from .embedding import EncodedPairs, check_modalities, encode_data, render_data
 from .errors import PalMMError
 from .finetune import token_level_loss
@@ -46,6 +47,7 @@ from .prior import fit_beliefs
 from .run_state import BestEpoch, load_model_state, model_state, prefix, prefixed, run_fingerprint
 from .scoring import mixture_mass, pair_losses, validation_metrics
 from .splitting import init_users_by_cluster, split_head
+from .threads import for_head, head_step_work
 from .tracking import make_trackers
 
 #: TrainConfig field giving each parameter group's learning rate; other groups use lr_projector
@@ -104,27 +106,6 @@ class PairLoss(nn.Module):
             items = encoder.embed(list(chosen) + list(rejected), "item").float()
             chosen, rejected = items[: len(chosen)], items[len(chosen):]
         return head.training_loss(prompts, chosen, rejected, user_idx)
-
-
-class _Batches:
-    """How a run's batches are made: slices of embedding tensors, or raw inputs for the encoder."""
-
-    def __init__(self, frozen: EncodedPairs, raw: PreferenceData | None, user_idx: torch.Tensor):
-        self.raw = raw
-        self.user_idx = user_idx
-        self.tensors = (frozen.prompt, frozen.chosen, frozen.rejected, user_idx)
-
-    def collate(self, idx: list[int]):
-        if self.raw is None:  # gathered by slicing whole tensors (no per-row collate cost)
-            return tuple(t[torch.as_tensor(idx)] for t in self.tensors)
-        return list(idx)
-
-    def unpack(self, batch, device) -> tuple:
-        if self.raw is None:
-            return batch
-        d = self.raw
-        return ([d.prompts[i] for i in batch], [d.chosen[i] for i in batch], [d.rejected[i] for i in batch],
-                self.user_idx[batch].to(device))
 
 
 # ------------------------------------------------------------------------------------------
@@ -190,13 +171,17 @@ def fit(
                            checkpoint_dir=sub, resume=resume, beliefs=False)
     run = _Run(train, val, encoder, config, tc, raw_train if finetune else None, raw_val if finetune else None,
                user_groups, metrics_path, checkpoint_dir, split_source if needs_source else None)
-    model = run.fit(resume)
-    if not beliefs:  # a K = 1 model fitted only to start a mixture from
-        return model
-    if finetune:  # calibration, prior and posteriors need the fine-tuned encoder's embeddings
-        train = encode_data(model.encoder, raw_train)
-        val = encode_data(model.encoder, raw_val) if raw_val is not None else None
-    fit_beliefs(model, train, val)
+    # small heads train on one CPU thread (pal_mm.threads); a fine-tuned encoder keeps torch's setting
+    work = None if finetune else head_step_work(tc.batch_size, train.prompt.shape[1], train.chosen.shape[1],
+                                                config.dim or config.default_dim() or train.chosen.shape[1], config.k)
+    with for_head(work):
+        model = run.fit(resume)
+        if not beliefs:  # a K = 1 model fitted only to start a mixture from
+            return model
+        if finetune:  # calibration, prior and posteriors need the fine-tuned encoder's embeddings
+            train = encode_data(model.encoder, raw_train)
+            val = encode_data(model.encoder, raw_val) if raw_val is not None else None
+        fit_beliefs(model, train, val)
     return model
 
 
@@ -366,10 +351,9 @@ class _Run:
             accelerator.init_trackers("pal-mm", config={**asdict(tc), **model.config.to_dict()})
         step = PairLoss(model, token_level=tc.token_level, weighting=tc.token_weighting)
         optimizer = torch.optim.AdamW(optimizer_groups(model, tc))
-        batches = _Batches(self.train, self.raw_train, model.user_index(self.train.user_ids))
+        batches = PairBatches(self.train, self.raw_train, model.user_index(self.train.user_ids))
         gen = torch.Generator().manual_seed(tc.seed)
-        loader = DataLoader(range(len(self.train)), batch_size=tc.batch_size, shuffle=True, generator=gen,
-                            collate_fn=batches.collate)
+        loader = DataLoader(batches, batch_size=tc.batch_size, shuffle=True, generator=gen, collate_fn=batches.collate)
         step, optimizer, loader = accelerator.prepare(step, optimizer, loader)
         core: PALModel = accelerator.unwrap_model(step).model
         trainable = [p for p in core.parameters() if p.requires_grad]
@@ -423,6 +407,8 @@ class _Run:
             core.metrics["split_source"] = {"k": self.split_source.config.k, **{
                 k: self.split_source.metrics.get(k) for k in ("val_loss", "val_accuracy", "best_epoch", "epochs_run")}}
         core.data_info = {"train_pairs": len(self.train), "seen_users": len(core.users)}
+        if accelerator.num_processes > 1:
+            core.data_info["processes"] = accelerator.num_processes
         if tc.fine_tunes_encoder:
             core.metrics.update(trainable_parameters=sum(p.numel() for p in trainable),
                                 encoder_trainable_parameters=sum(p.numel() for p in trainable if _is_encoder(core, p)))
@@ -434,7 +420,8 @@ class _Run:
 
     def _epoch(self, epoch, restart, step, core, optimizer, loader, batches, trainable, accelerator, tc) -> dict:
         step.train()
-        t0, total, count = time.perf_counter(), 0.0, 0
+        t0, count = time.perf_counter(), 0
+        losses = []  # (pairs-weighted loss, step): read back once per epoch, not once per step (no host sync)
         for s, batch in enumerate(loader):
             prompts, chosen, rejected, uidx = batches.unpack(batch, accelerator.device)
             optimizer.zero_grad(set_to_none=True)
@@ -445,14 +432,16 @@ class _Run:
                 with accelerator.autocast():
                     loss = step(prompts[part], chosen[part], rejected[part], uidx[part])
                 accelerator.backward(loss if micro == b else loss * ((min(m + micro, b) - m) / b))
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise PalMMError(_divergence_message(epoch, s + 1, self.train, tc))
-                total += value * (min(m + micro, b) - m)
+                losses.append((loss.detach(), min(m + micro, b) - m, s + 1))
             if tc.grad_clip:
                 accelerator.clip_grad_norm_(trainable, tc.grad_clip)
             optimizer.step()
             count += b
+        total = 0.0
+        for value, (_, n, s) in zip(torch.stack([v for v, _, _ in losses]).tolist() if losses else [], losses):
+            if not math.isfinite(value):
+                raise PalMMError(_divergence_message(epoch, s, self.train, tc))
+            total += value * n
         seconds = time.perf_counter() - t0
         return {"epoch": epoch, **({} if restart is None else {"restart": restart}), "train_loss": total / max(count, 1),
                 "epoch_seconds": round(seconds, 4), "train_pairs_per_s": round(count / max(seconds, 1e-9), 1)}

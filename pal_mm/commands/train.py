@@ -40,13 +40,23 @@ def run(args) -> int:
     c.require(args, "data", "out")
     config = c.config_from_args(PALConfig, args, HEAD_FLAGS, normalize_inputs=not args.no_normalize)
     tc = c.config_from_args(TrainConfig, args, progress=not args.quiet)
-    target = c.check_output(args.out, args.overwrite, resume=args.resume)
-    from ..selection import fit
+    from accelerate import PartialState
+
+    # under `accelerate launch` (or torchrun) this joins the process group: the processes share the
+    # extraction and train one model together (DDP); only the main process writes anything
+    state = PartialState(cpu=tc.cpu)
+    if state.num_processes > 1 and args.resume:
+        raise c.PalMMError("--resume continues a run in one process; start it without `accelerate launch`")
+    target = c.check_output(args.out, args.overwrite, resume=args.resume) if state.is_main_process else None
+    from ..selection import fit  # training.fit, or a choice of K on validation (--k auto)
 
     encoder = c.make_encoder(args)
     train = c.load_data(args.data, encoder)
     val = c.load_data(args.val, encoder) if args.val else None
     cache = c.make_cache(args)
+    if not state.is_main_process:
+        fit(train, val, encoder, config, tc, cache=cache)  # this process's share; the main process saves
+        return 0
     with c.resumable_output_dir(target, args.overwrite, args.resume, say=c.notice) as work:
         model = fit(train, val, encoder, config, tc, cache=cache, metrics_path=work.directory / "metrics.jsonl",
                     checkpoint_dir=work.checkpoints, resume=work.resuming)

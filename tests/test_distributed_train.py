@@ -1,0 +1,37 @@
+"""`accelerate launch` training with two CPU processes (gloo): the processes train one model together
+(DDP, each on its share of the batches) and only the main process writes the model directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_accelerate_launch_two_cpu_processes(synthetic_dir, tmp_path):
+    out = tmp_path / "model"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "-m", "pal_mm.cli", "train", "--data", str(synthetic_dir / "train.jsonl"), "--val", str(synthetic_dir / "val.jsonl"),
+           "--encoder", "precomputed", "--epochs", "3", "--cpu", "--quiet", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("saved pal-b") == 1  # one process wrote and reported
+    config = json.loads((out / "config.json").read_text())
+    assert '"processes": 2' in json.dumps(config)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    assert not list(tmp_path.glob(".model*"))  # no leftovers of a second writer
+    from pal_mm.model import PALModel
+
+    model = PALModel.from_pretrained(str(out))
+    assert len(model.users) == 16
