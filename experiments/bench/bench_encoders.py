@@ -161,6 +161,8 @@ def main(argv=None) -> int:
     ap.add_argument("--captions", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--only", nargs="+", default=None, metavar="ENCODER/WHAT",
+                    help="run only these rows, e.g. smollm2/summaries minilm/posts (default: all)")
     ap.add_argument("--no-options", action="store_true", help="skip the SmolLM2 CPU options")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
@@ -180,6 +182,8 @@ def main(argv=None) -> int:
                  ("effnet-minilm (EfficientNet-Lite0 items)", effnet, "item", "images", paths),
                  ("effnet-minilm (MiniLM prompts)", effnet, "prompt", "captions", captions)]
         for name, enc, tower, what, values in cases:
+            if args.only and f"{name.split()[0]}/{what}" not in args.only:
+                continue
             if what == "images":
                 batch = enc.batch_size
                 raw = raw_effnet(values, batch)
