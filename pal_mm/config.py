@@ -35,7 +35,7 @@ class PALConfig:
     item_dim: int = field(default=0, metadata=_help("item embedding width (set from the encoder/data)", cli=False))
     dim: int | None = field(default=None, metadata=_help(
         f"preference-space width d (default: {DEFAULT_DIM} whatever the input widths, fixed when training starts; "
-        "identity and residual projectors: the item width); the defaults study found 32-128 within noise and the "
+        "identity and residual projectors: the item width); the defaults study found d = the item width at most 1.7 validation points better and the "
         "item width of large encoders many times slower"))
     projector: str = field(default="mlp2-gelu",
                            metadata=_help("item map f (and PAL-B's g_k): identity | linear | mlp{L}-{relu|gelu|linear}[-dropout{D}][-residual]"))
@@ -94,7 +94,7 @@ class PALConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings, chosen by the defaults study (``experiments/defaults``) on validation data
+    """Optimisation settings, measured by the defaults study (``experiments/defaults``) on validation data
     over generated mixtures (K* 1-5, widths 8-1024, scales x0.01-x100, label noise, 20-500 pairs per
     user, 10-1,000 users) and the two embedded defaults. Inputs are standardised first, so no rate
     depends on the embeddings' scale; the user logits and PAL-A's prototypes learn 10x faster than in
@@ -102,9 +102,9 @@ class TrainConfig:
 
     epochs: int = field(default=30, metadata=_help("maximum number of epochs"))
     batch_size: int = field(default=64, metadata=_help("pairs per optimisation step"))
-    # The paper uses 1e-4 for the projectors at batch size 4 with thousands of steps per epoch; at
-    # batch 64 the study found 1e-3 to 3e-3 within noise on generated data and 3e-3 better on the
-    # text-to-image default (PAL-B K = 1 level with the single reward model).
+    # The paper uses 1e-4 for the projectors at batch size 4 with thousands of steps per epoch. At
+    # batch 64 the defaults study's validation selection prefers 1e-3 (better on 11 of 12 generated
+    # mixtures, worse on the summary default); not switched yet: see experiments/defaults/README.md.
     lr_projector: float = field(default=3e-3, metadata=_help("learning rate of the projectors f and g_k (and the single RM)"))
     lr_prototypes: float = field(default=5e-2, metadata=_help("learning rate of PAL-A's prototype points P (the paper: 5e-3)"))
     lr_users: float = field(default=5e-2, metadata=_help(

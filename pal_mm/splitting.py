@@ -26,8 +26,9 @@ beta <= 0.5). ``TrainConfig.k_init`` breaks the symmetry from the data itself:
   run, a candidate for the best epoch on validation, so the result is never worse than K = 1 on
   validation. ``cluster`` trains fresh prototypes (and shared maps) from the clustered users;
   ``split`` continues from the copy (the prototypes move apart as different users pull them).
-  The defaults study (``experiments/defaults``) found ``cluster`` as good on generated mixtures and
-  better on the text-to-image default, where the K = 1 maps have already discarded colour.
+  ``cluster`` is the default: on the text-to-image default the K = 1 maps have already discarded colour,
+  which ``split`` would have to recover. (The defaults study compares ``cluster`` with ``random``
+  starts, not with ``split``.)
 """
 
 from __future__ import annotations
