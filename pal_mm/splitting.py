@@ -37,7 +37,7 @@ import math
 
 import torch
 
-from .heads import PreferenceHead
+from .heads import PreferenceHead, get_head_class
 
 #: the logit a user starts with on the prototype of their cluster (the others 0): weight
 #: e^4 / (e^4 + K - 1), 0.98 for K = 2 and 0.93 for K = 5, so each prototype first learns from its own
@@ -154,3 +154,10 @@ def split_head(target: PreferenceHead, source: PreferenceHead) -> None:
     """Start ``target`` (K prototypes) at ``source`` (K' < K of the same type): shared parts copied,
     prototype k a copy of source prototype k mod K'. The user logits are left as they are."""
     target.load_split(source)
+
+
+def starts_from_k1(config, tc) -> bool:
+    """True when a run of ``config`` (PALConfig) / ``tc`` (TrainConfig) starts its mixture from a fitted
+    K = 1 model (:func:`pal_mm.training.fit`)."""
+    return (config.k > 1 and tc.k_init in ("cluster", "split") and not tc.fine_tunes_encoder
+            and get_head_class(config.model_type).splittable)

@@ -41,12 +41,11 @@ from .batches import PairBatches
 from .embedding import EncodedPairs, check_modalities, encode_data, render_data
 from .errors import PalMMError
 from .finetune import token_level_loss
-from .heads import get_head_class
 from .model import PALModel
 from .prior import fit_beliefs
 from .run_state import BestEpoch, load_model_state, model_state, prefix, prefixed, run_fingerprint
 from .scoring import mixture_mass, pair_losses, validation_metrics
-from .splitting import init_users_by_cluster, split_head
+from .splitting import init_users_by_cluster, split_head, starts_from_k1
 from .threads import for_head, head_step_work
 from .tracking import make_trackers
 
@@ -163,7 +162,7 @@ def fit(
     if split_source is not None and (split_source.config.model_type != config.model_type or split_source.config.k >= config.k):
         raise PalMMError(f"split_source must be a {config.model_type} model with fewer than K={config.k} prototypes, "
                          f"got {split_source.config.model_type} K={split_source.config.k}")
-    needs_source = _splits(config, tc) and (tc.k_init == "split" or (val is not None and len(val) > 0))
+    needs_source = starts_from_k1(config, tc) and (tc.k_init == "split" or (val is not None and len(val) > 0))
     if split_source is None and needs_source:
         sub = Path(checkpoint_dir) / "split-source" if checkpoint_dir else None
         source_tc = replace(tc, restarts=1, report_to="none")  # its epochs go to this run's metrics.jsonl
@@ -183,12 +182,6 @@ def fit(
             val = encode_data(model.encoder, raw_val) if raw_val is not None else None
         fit_beliefs(model, train, val)
     return model
-
-
-def _splits(config: PALConfig, tc: TrainConfig) -> bool:
-    """True when this run needs a fitted K = 1 model (see :func:`fit`)."""
-    return (config.k > 1 and tc.k_init in ("cluster", "split") and not tc.fine_tunes_encoder
-            and get_head_class(config.model_type).splittable)
 
 
 def _check_run(train, val, encoder, config, tc, raw_train, raw_val) -> None:
