@@ -91,3 +91,33 @@ def machine() -> dict:
     import torch
 
     return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()}
+
+
+def run_in_processes(run_task: Callable, tasks: list[tuple], init_worker: Callable, initargs: tuple, jobs: int,
+                     on_result: Callable[[dict], None]) -> list[dict]:
+    """``run_task(*t)`` for every ``t`` in ``tasks``, in ``jobs`` spawned processes set up by
+    ``init_worker(*initargs)`` (jobs <= 1: in this process, torch's thread count restored afterwards);
+    results in task order, each passed to ``on_result`` as it arrives. ``run_task`` and ``init_worker``
+    must be module-level functions (they are pickled by name)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    done = []
+    if jobs <= 1:
+        before = torch.get_num_threads()
+        init_worker(*initargs)
+        try:
+            for t in tasks:
+                done.append(run_task(*t))
+                on_result(done[-1])
+        finally:
+            torch.set_num_threads(before)
+        return done
+    ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads is unsafe
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=init_worker, initargs=initargs) as pool:
+        for r in pool.map(run_task, *zip(*tasks)):
+            done.append(r)
+            on_result(r)
+    return done

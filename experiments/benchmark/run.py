@@ -28,11 +28,9 @@ Outputs (``--out``, default experiments/benchmark/results): ``results.json`` (``
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -41,7 +39,8 @@ from encoders.precomputed import PrecomputedEncoder
 from pal_mm import AdaptConfig, PALConfig, TrainConfig, evaluate, fit
 from pal_mm.fewshot import adapt_curve, curve_summary, fewshot_split
 
-from ..common import Clock, add_config_args, config_path, load_config, machine, make_log, mean_std, write_json, write_text
+from ..common import (Clock, add_config_args, config_path, load_config, machine, make_log, mean_std, run_in_processes,
+                      write_json, write_text)
 from .data import BenchData, load_all
 from .downstream import downstream
 from .report import plot, results_markdown
@@ -89,23 +88,7 @@ def run_task(name: str, method: str, seed: int) -> dict:
 def run_tasks(tasks: list[tuple], data: dict[str, BenchData], cfg: dict, jobs: int) -> list[dict]:
     """All tasks in ``jobs`` spawned processes of one torch thread each (jobs = 1: in this process)."""
     init = (data, cfg, int(cfg.get("threads_per_job", 1)))
-    done = []
-    if jobs <= 1:
-        before = torch.get_num_threads()
-        _init_worker(*init)
-        try:
-            for t in tasks:
-                done.append(run_task(*t))
-                log(_line(done[-1]))
-        finally:
-            torch.set_num_threads(before)
-        return done
-    ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads is unsafe
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=init) as pool:
-        for r in pool.map(run_task, *zip(*tasks)):
-            done.append(r)
-            log(_line(r))
-    return done
+    return run_in_processes(run_task, tasks, _init_worker, init, jobs, lambda r: log(_line(r)))
 
 
 def _line(r: dict) -> str:

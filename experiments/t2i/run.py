@@ -26,11 +26,9 @@ Steps (all numbers come from the library: ``fit``, ``pal_mm.fewshot``, ``evaluat
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +40,8 @@ from pal_mm import AdaptConfig, PALConfig, TrainConfig, evaluate, fit
 from pal_mm.embedding import EncodedPairs, check_modalities, encode_values
 from pal_mm.fewshot import adapt_curve, curve_summary, fewshot_split
 
-from ..common import ROOT, add_config_args, config_path, load_config, machine, make_log, mean_std, repo_path, write_json, write_text
+from ..common import (ROOT, add_config_args, config_path, load_config, machine, make_log, mean_std, repo_path,
+                      run_in_processes, write_json, write_text)
 from .data import describe, ensure_data, load_variants
 from .report import plot_all, results_markdown
 
@@ -170,23 +169,7 @@ def run_task(key: str, method: str, seed: int) -> dict:
 def run_tasks(tasks: list[tuple], tables: Tables, cfg: dict, groups: dict, unseen_key: str, jobs: int, log) -> list[dict]:
     """All tasks, in ``jobs`` spawned processes of one thread each (jobs = 1: in this process)."""
     init = (tables, cfg, groups, unseen_key, int(cfg.get("train_threads", 1)))
-    results = []
-    if jobs <= 1:
-        before = torch.get_num_threads()
-        _init_worker(*init)
-        try:
-            for t in tasks:
-                results.append(run_task(*t))
-                log(_task_line(results[-1]))
-        finally:
-            torch.set_num_threads(before)
-        return results
-    ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads is unsafe
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=init) as pool:
-        for r in pool.map(run_task, *zip(*tasks)):
-            results.append(r)
-            log(_task_line(r))
-    return results
+    return run_in_processes(run_task, tasks, _init_worker, init, jobs, lambda r: log(_task_line(r)))
 
 
 def resolve_jobs(jobs, n_tasks: int) -> int:
