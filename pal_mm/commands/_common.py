@@ -51,7 +51,9 @@ def _kind(f) -> type:
     return str
 
 
-def _number(kind: type):
+def number_type(kind: type):
+    """An argparse ``type`` for ``int`` or ``float`` flags: a one-line error for text that is not a number
+    (floats must also be finite); ranges are checked where the value is used."""
     def parse(text: str):
         try:
             value = kind(text)
@@ -91,7 +93,7 @@ def add_fields(p, cls, only: Iterable[str] | None = None, skip: Iterable[str] = 
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction if default else "store_true"
         else:
-            kw["type"] = _number(kind) if kind in (int, float) else str
+            kw["type"] = number_type(kind) if kind in (int, float) else str
             if f.metadata.get("auto"):
                 kw["type"] = _or_auto(kw["type"])
             kw["metavar"] = f.metadata.get("metavar") or f.name.split("_")[-1].upper()

@@ -11,31 +11,21 @@ EXAMPLES = """\
 """
 
 
-def _positive(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    return value
-
-
 def add_parser(sub):
     p = c.add_command(sub, "generate", "sample N images with a diffusers pipeline and pick each user's best", EXAMPLES)
     p.add_argument("--pipeline", help="diffusers pipeline: Hub id (e.g. stabilityai/sd-turbo) or local directory")
     p.add_argument("--prompt", help="the text prompt")
-    p.add_argument("--num-images", type=_positive, default=4, help="images to sample, N (default: 4)")
+    p.add_argument("--num-images", type=c.number_type(int), default=4, help="images to sample, N (default: 4)")
     p.add_argument("--model", help="PAL model directory or exported reward model (an image-text encoder)")
     p.add_argument("--user", action="append", default=[], help="a known user id (repeatable; none for an exported model)")
     p.add_argument("--out", help="output directory: images/*.png, scores.json, contact_sheet.png")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    p.add_argument("--steps", type=_positive, default=None, help="inference steps (default: the pipeline's)")
+    p.add_argument("--steps", type=c.number_type(int), default=None, help="inference steps (default: the pipeline's)")
     p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (default: the pipeline's)")
-    p.add_argument("--height", type=_positive, default=None, help="image height (default: the pipeline's)")
-    p.add_argument("--width", type=_positive, default=None, help="image width (default: the pipeline's)")
+    p.add_argument("--height", type=c.number_type(int), default=None, help="image height (default: the pipeline's)")
+    p.add_argument("--width", type=c.number_type(int), default=None, help="image width (default: the pipeline's)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: 0)")
-    p.add_argument("--batch-size", type=_positive, default=None, help="images per pipeline call (default: all N)")
+    p.add_argument("--batch-size", type=c.number_type(int), default=None, help="images per pipeline call (default: all N)")
     c.add_runtime_flags(p)
     return p
 

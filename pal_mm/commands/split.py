@@ -3,7 +3,6 @@ user) and held-out new users with nested few-shot sets (see :mod:`pal_mm.holdout
 
 from __future__ import annotations
 
-import argparse
 
 from ..errors import PalMMError
 from . import _common as c
@@ -14,14 +13,6 @@ EXAMPLES = """\
   # then: pal-mm train --data data/seen_train.jsonl --val data/seen_val.jsonl ... --out runs/m
   #       pal-mm eval --model runs/m --data data/      # seen users, and new users adapted on n pairs each
 """
-
-
-def _fraction_or_count(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    return value
 
 
 def _shots(text) -> list[int]:
@@ -39,11 +30,11 @@ def add_parser(sub):
     p.add_argument("--out", help="output dataset directory: seen_train/seen_val/seen_test/unseen.jsonl, "
                                  "unseen_n{N}_train/test.jsonl, meta.json")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    p.add_argument("--new-users", type=_fraction_or_count, default=0.2,
+    p.add_argument("--new-users", type=c.number_type(float), default=0.2,
                    help="users held out as new users: a fraction in [0, 1) or a count >= 1 (default: 0.2)")
-    p.add_argument("--val", type=_fraction_or_count, default=0.1,
+    p.add_argument("--val", type=c.number_type(float), default=0.1,
                    help="fraction of each seen user's pairs for validation (default: 0.1)")
-    p.add_argument("--test", type=_fraction_or_count, default=0.2,
+    p.add_argument("--test", type=c.number_type(float), default=0.2,
                    help="fraction of each seen user's pairs for testing (default: 0.2)")
     p.add_argument("--shots", default="1,5,10",
                    help="few-shot sizes n for the new users: n pairs to adapt on, the rest to test (default: 1,5,10)")
