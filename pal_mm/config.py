@@ -69,6 +69,13 @@ class PALConfig:
         equal = self.projector == "identity" or self.projector.endswith("-residual")
         return None if equal else DEFAULT_DIM
 
+    def fix_widths(self, prompt_dim: int, item_dim: int) -> None:
+        """Set the input widths and, when ``dim`` is unset, d by :meth:`default_dim` (training does this
+        once, from the training embeddings)."""
+        self.prompt_dim, self.item_dim = int(prompt_dim), int(item_dim)
+        if self.dim is None:
+            self.dim = self.default_dim()
+
     def to_dict(self) -> dict:
         return asdict(self)
 

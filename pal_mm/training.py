@@ -72,10 +72,7 @@ def optimizer_groups(model: PALModel, tc: TrainConfig) -> list[dict]:
 
 def build_model(train: EncodedPairs, encoder: Encoder, config: PALConfig, user_groups: dict | None = None) -> PALModel:
     """A fresh model sized from the training embeddings, normalisers fitted on them."""
-    config.prompt_dim = train.prompt.shape[1]
-    config.item_dim = train.chosen.shape[1]
-    if config.dim is None:
-        config.dim = config.default_dim()
+    config.fix_widths(train.prompt.shape[1], train.chosen.shape[1])
     users = list(dict.fromkeys(train.user_ids))
     model = PALModel(config, encoder, users, user_groups)
     model.head.fit_normalizers(train.prompt, torch.cat([train.chosen, train.rejected]))
@@ -171,8 +168,8 @@ def fit(
     run = _Run(train, val, encoder, config, tc, raw_train if finetune else None, raw_val if finetune else None,
                user_groups, metrics_path, checkpoint_dir, split_source if needs_source else None)
     # small heads train on one CPU thread (pal_mm.threads); a fine-tuned encoder keeps torch's setting
-    work = None if finetune else head_step_work(tc.batch_size, train.prompt.shape[1], train.chosen.shape[1],
-                                                config.dim or config.default_dim() or train.chosen.shape[1], config.k)
+    config.fix_widths(train.prompt.shape[1], train.chosen.shape[1])
+    work = None if finetune else head_step_work(tc.batch_size, config.prompt_dim, config.item_dim, config.width, config.k)
     with for_head(work):
         model = run.fit(resume)
         if not beliefs:  # a K = 1 model fitted only to start a mixture from
