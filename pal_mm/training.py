@@ -22,6 +22,7 @@ import copy
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 import torch
@@ -343,8 +344,12 @@ class _Run:
         optimizer = torch.optim.AdamW(optimizer_groups(model, tc))
         batches = PairBatches(self.train, self.raw_train, model.user_index(self.train.user_ids))
         gen = torch.Generator().manual_seed(tc.seed)
-        loader = DataLoader(batches, batch_size=tc.batch_size, shuffle=True, generator=gen, collate_fn=batches.collate)
-        step, optimizer, loader = accelerator.prepare(step, optimizer, loader)
+        if _plain_loop(accelerator, tc):  # one process, fp32, frozen encoder: no per-step wrappers
+            step = accelerator.prepare(step)  # device placement
+            loader = _EpochSlices(batches, gen, tc.batch_size, accelerator.device)
+        else:
+            loader = DataLoader(batches, batch_size=tc.batch_size, shuffle=True, generator=gen, collate_fn=batches.collate)
+            step, optimizer, loader = accelerator.prepare(step, optimizer, loader)
         core: PALModel = accelerator.unwrap_model(step).model
         trainable = [p for p in core.parameters() if p.requires_grad]
         core.head.prepare_training(self.train.prompt, self.train.chosen, self.train.rejected, batches.user_idx)
@@ -410,6 +415,9 @@ class _Run:
 
     def _epoch(self, epoch, restart, step, core, optimizer, loader, batches, trainable, accelerator, tc) -> dict:
         step.train()
+        plain = isinstance(loader, _EpochSlices)
+        autocast = nullcontext if accelerator.mixed_precision == "no" else accelerator.autocast
+        backward = torch.Tensor.backward if plain else accelerator.backward
         t0, count = time.perf_counter(), 0
         losses = []  # (pairs-weighted loss, step): read back once per epoch, not once per step (no host sync)
         for s, batch in enumerate(loader):
@@ -419,9 +427,9 @@ class _Run:
             micro = min(tc.micro_batch_size or b, b)
             for m in range(0, b, micro):
                 part = slice(m, m + micro)
-                with accelerator.autocast():
+                with autocast():
                     loss = step(prompts[part], chosen[part], rejected[part], uidx[part])
-                accelerator.backward(loss if micro == b else loss * ((min(m + micro, b) - m) / b))
+                backward(loss if micro == b else loss * ((min(m + micro, b) - m) / b))
                 losses.append((loss.detach(), min(m + micro, b) - m, s + 1))
             if tc.grad_clip:
                 accelerator.clip_grad_norm_(trainable, tc.grad_clip)
@@ -470,6 +478,25 @@ class _Run:
 # ------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------
+class _EpochSlices:
+    """The batches of a plain single-process run: iterating gives one epoch of
+    :meth:`PairBatches.epoch_slices` (a fresh shuffle from the run's generator each time)."""
+
+    def __init__(self, batches: PairBatches, generator: torch.Generator, batch_size: int, device):
+        self.batches, self.generator, self.batch_size, self.device = batches, generator, batch_size, device
+
+    def __iter__(self):
+        return self.batches.epoch_slices(self.generator, self.batch_size, self.device)
+
+
+def _plain_loop(accelerator: Accelerator, tc: TrainConfig) -> bool:
+    """One process, no mixed precision, no gradient accumulation and a frozen encoder: the epoch loop
+    slices pre-shuffled tensors and calls ``loss.backward()`` / ``optimizer.step()`` directly (what
+    accelerate's wrappers reduce to in this case, minus their per-step cost on small heads)."""
+    return (accelerator.num_processes == 1 and accelerator.mixed_precision == "no"
+            and accelerator.gradient_accumulation_steps == 1 and not tc.fine_tunes_encoder)
+
+
 def _mixed_precision(tc: TrainConfig) -> str:
     if tc.mixed_precision != "auto":
         return tc.mixed_precision

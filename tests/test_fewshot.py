@@ -153,8 +153,11 @@ def test_curve_equals_adapt_and_evaluate_one_block_at_a_time(mixture):
         one = adapt(copy.deepcopy(model), enc.subset(split.train[r.n]), cfg)
         ev = evaluate(one, enc.subset(split.test[r.n]))
         assert r.accuracy == pytest.approx(ev["accuracy"], abs=2e-3)
-        for u, w in r.weights.items():  # MAP under the prior: equal up to the solver's float32 precision
-            assert w == pytest.approx(one.user_weights(u), abs=1e-3)
+        for u, w in r.weights.items():
+            # MAP under the prior, solved in two different batches: equal up to the solver's stopping rule
+            # (Gauss-Newton, which converges linearly here, ends when a step gains < 1e-6 nats); on a flat
+            # posterior from 2 pairs that leaves a few 1e-3 in a weight
+            assert w == pytest.approx(one.user_weights(u), abs=5e-3)
 
 
 def test_the_model_and_its_encoder_are_left_alone(mixture):

@@ -24,7 +24,7 @@ from pal_mm.errors import PalMMError
 from pal_mm.fewshot import fewshot_split
 from pal_mm.beliefs import user_basis
 from pal_mm.posterior import UserPairs, fit_map
-from pal_mm.prior import fit_mixture
+from pal_mm.prior import fit_mixture, fit_mixtures
 from pal_mm.query import information_gain, pair_key, read_pool, select_queries
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -49,7 +49,8 @@ def world():
     tc = TrainConfig(epochs=20, batch_size=64, lr_users=5e-2, lr_projector=3e-3, seed=0, progress=False,
                      k_init="random", restarts=1)
     model = fit(train, val, create_encoder("precomputed"), PALConfig(model_type="pal-b", k=2), tc)
-    return {"model": model, "test": test, "new": new, "enc": encode_data(model.encoder, new), "rows": new.to_rows()}
+    return {"model": model, "test": test, "new": new, "enc": encode_data(model.encoder, new), "rows": new.to_rows(),
+            "groups": w[:, 0] > 0.5}
 
 
 def population_model(model: PALModel, users: list[str]) -> PALModel:
@@ -163,7 +164,21 @@ def test_map_solver_finds_the_minimum_of_the_objective(world):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert torch.allclose(z, zz.detach(), atol=2e-3)
+    def objective(x):  # per user: negative log posterior
+        with torch.no_grad():
+            per_pair = torch.nn.functional.softplus(-a * pairs.margins(x @ basis.T))
+            d = x - mean
+            return torch.zeros(3, dtype=per_pair.dtype).index_add(0, rows, per_pair) + 0.5 * (d @ prec * d).sum(-1)
+
+    # at least as low as where Adam gets, and a stationary point (the objective is flat far out on the
+    # simplex, so Adam's point can sit a few 1e-2 away along the flat direction)
+    assert bool((objective(z) <= objective(zz.detach()) + 1e-4).all()), (objective(z), objective(zz.detach()))
+    zg = z.clone().requires_grad_(True)
+    d = zg - mean
+    total = torch.nn.functional.softplus(-a * pairs.margins(zg @ basis.T)).sum() + 0.5 * (d @ prec * d).sum()
+    (grad,) = torch.autograd.grad(total, zg)
+    assert float(grad.abs().max()) < 1e-3, grad
+    assert torch.allclose(z, zz.detach(), atol=5e-2)
     assert h.shape == (3, 1, 1) and bool((h[:, 0, 0] >= prec[0, 0] - 1e-9).all())
 
 
@@ -176,12 +191,24 @@ def test_training_fits_calibration_prior_and_posteriors(world):
     assert 0.01 <= b.inv_temperature <= 100 and b.strength in (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
     c = len(b.prior_means)
     assert b.prior_means.shape == (c, 1) and b.prior_log_weights.shape == (c,) and b.prior_precision.shape == (1, 1)
-    assert c == 2 and model.metrics["beliefs"]["prior_components"] == 2  # two groups of users
+    assert model.metrics["beliefs"]["prior_components"] == c
     assert b.precision.shape == (len(model.users), 1, 1)
     sel = model.metrics["beliefs"]["prior_selection"]
     strengths = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
     assert set(sel["brier"]) == {f"C={c},s={s}" for c in (1, 2) for s in strengths}
-    assert sel["accuracy"][f"C=2,s={b.strength}"] >= max(sel["accuracy"].values()) - 1e-3
+    # the rule: the highest few-shot accuracy (within 0.1 point), then the lowest Brier score
+    chosen = f"C={c},s={b.strength}"
+    assert sel["accuracy"][chosen] >= max(sel["accuracy"].values()) - 1e-3
+    near_top = [key for key, acc in sel["accuracy"].items() if acc >= max(sel["accuracy"].values()) - 1e-3]
+    assert sel["brier"][chosen] <= min(sel["brier"][key] for key in near_top) + 1e-9
+    # the two-component candidate finds the two groups of seen users (which of the two C the
+    # noisy few-shot selection on 24 users keeps varies with the training seed)
+    z = model.head.user_logits.detach() @ user_basis(2)
+    groups = torch.as_tensor(world["groups"][: len(model.users)])
+    order = torch.as_tensor([int(u.removeprefix("user")) for u in model.users])
+    found = fit_mixtures(z)[2]["responsibilities"].argmax(1).bool()
+    agree = float((found == groups[order]).double().mean())
+    assert max(agree, 1 - agree) >= 0.9, agree
     m = evaluate(model, world["test"])
     assert m["accuracy"] > 0.75 and m["ece"] < 0.1 and 0 < m["brier"] < 0.25
     assert set(m["per_user"][model.users[0]]) >= {"accuracy", "ece", "brier"}

@@ -142,7 +142,8 @@ def test_reward_embeddings_per_row_users(pal_b, data):
     with torch.no_grad():
         together = pal_b.reward_embeddings(enc.prompt, enc.chosen, users=t.user_ids)
         alone = [pal_b.reward_embeddings(enc.prompt[i : i + 1], enc.chosen[i : i + 1], user=u)[0] for i, u in enumerate(t.user_ids)]
-    assert torch.allclose(together, torch.stack(alone), atol=1e-6)
+    # float32 rewards of up to ~10 (logit scale x cosine), computed in batches of 12 and of 1: equal up to rounding
+    assert torch.allclose(together, torch.stack(alone), rtol=1e-4, atol=1e-4), (together - torch.stack(alone)).abs().max()
     assert len(set(t.user_ids)) > 1
     with pytest.raises(PalMMError, match="user ids for 12 rows"):
         pal_b.reward_embeddings(enc.prompt, enc.chosen, users=t.user_ids[:3])

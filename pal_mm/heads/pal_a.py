@@ -40,12 +40,16 @@ class PALAHead(PreferenceHead):
         """(b, K) weights -> (b, d) ideal points f(w^T P) (independent of the prompt)."""
         return self.f(weights @ self.P)
 
-    def item_embedding(self, prompt_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
-        """(b, dp), (b, di) raw embeddings -> (b, d) item points f([prompt ; item]) (or f(item))."""
+    def item_input(self, prompt_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
+        """(b, dp), (b, di) raw embeddings -> (b, f_in) the input of f: [prompt ; item] standardised (or the item)."""
         x = self.item_norm(item_emb)
         if self.config.pal_a_use_prompt:
             x = torch.cat([self.prompt_norm(prompt_emb), x], dim=-1)
-        return self.f(x)
+        return x
+
+    def item_embedding(self, prompt_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
+        """(b, dp), (b, di) raw embeddings -> (b, d) item points f([prompt ; item]) (or f(item))."""
+        return self.f(self.item_input(prompt_emb, item_emb))
 
     @staticmethod
     def score(ideal: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
@@ -56,9 +60,12 @@ class PALAHead(PreferenceHead):
         return self.score(self.ideal_point(prompt_emb, weights), self.item_embedding(prompt_emb, item_emb))
 
     def pair_rewards(self, prompt_emb, chosen_emb, rejected_emb, weights):
-        ideal = self.ideal_point(prompt_emb, weights)
-        return (self.score(ideal, self.item_embedding(prompt_emb, chosen_emb)),
-                self.score(ideal, self.item_embedding(prompt_emb, rejected_emb)))
+        # one pass of f over the ideal-point inputs and both items: (3b, f_in) -> (3b, d)
+        b = weights.shape[0]
+        prompts = None if prompt_emb is None else torch.cat([prompt_emb, prompt_emb])
+        items = self.item_input(prompts, torch.cat([chosen_emb, rejected_emb]))
+        ideal, item_c, item_r = self.f(torch.cat([weights @ self.P, items])).split(b)
+        return self.score(ideal, item_c), self.score(ideal, item_r)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"projector_f": list(self.f.parameters()), "W": [self.user_logits], "P": [self.P]}
@@ -73,8 +80,9 @@ class PALAHead(PreferenceHead):
 
     # ----- new users ---------------------------------------------------------------------------
     def user_pair_features(self, prompt_emb, chosen_emb, rejected_emb) -> dict[str, torch.Tensor]:
-        item_c = self.item_embedding(prompt_emb, chosen_emb)  # (n, d)
-        item_r = self.item_embedding(prompt_emb, rejected_emb)
+        n = chosen_emb.shape[0]
+        prompts = None if prompt_emb is None else torch.cat([prompt_emb, prompt_emb])
+        item_c, item_r = self.item_embedding(prompts, torch.cat([chosen_emb, rejected_emb])).split(n)  # (n, d) each
         return {"item_c": item_c, "item_r": item_r, "sq_c": item_c.pow(2).sum(-1), "sq_r": item_r.pow(2).sum(-1)}
 
     def margins_from_features(self, features, logits: torch.Tensor, user_rows: torch.Tensor) -> torch.Tensor:

@@ -66,8 +66,8 @@ class PALBHead(PreferenceHead):
 
     def pair_rewards(self, prompt_emb, chosen_emb, rejected_emb, weights):
         ideal = self.ideal_point(prompt_emb, weights)  # once for both items
-        return (self.score(ideal, self.item_embedding(prompt_emb, chosen_emb)),
-                self.score(ideal, self.item_embedding(prompt_emb, rejected_emb)))
+        item_c, item_r = self.item_embedding(None, torch.cat([chosen_emb, rejected_emb])).split(chosen_emb.shape[0])
+        return self.score(ideal, item_c), self.score(ideal, item_r)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"projector_f": list(self.f.parameters()), "W": [self.user_logits],
