@@ -72,6 +72,16 @@ def _farthest_first(z: torch.Tensor, c: int) -> torch.Tensor:
     return z[chosen].clone()
 
 
+def _tied_log_density(z: torch.Tensor, means: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """(U, C) log N(z_u; means_c, cov) for z (U, S), means (C, S) and one covariance (S, S): one
+    Cholesky factor for all components."""
+    chol = torch.linalg.cholesky(cov)
+    d = (z[:, None, :] - means[None]).reshape(-1, z.shape[1])  # (U * C, S)
+    maha = torch.linalg.solve_triangular(chol, d.T, upper=False).pow(2).sum(0).reshape(len(z), len(means))
+    half_logdet = chol.diagonal().log().sum()
+    return -0.5 * maha - half_logdet - 0.5 * z.shape[1] * math.log(2 * math.pi)
+
+
 def _em(z: torch.Tensor, c: int, iters: int = 200) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Tied-covariance Gaussian mixture of z (U, S): (log weights (C,), means (C, S), covariance (S, S),
     responsibilities (U, C), log likelihood)."""
@@ -81,8 +91,7 @@ def _em(z: torch.Tensor, c: int, iters: int = 200) -> tuple[torch.Tensor, torch.
     cov = _shrunk(torch.cov(z.T, correction=0).reshape(s, s))
     last = -math.inf
     for _ in range(iters):
-        dist = torch.distributions.MultivariateNormal(means, covariance_matrix=cov.expand(c, s, s))
-        joint = logw + dist.log_prob(z[:, None, :])  # (U, C)
+        joint = logw + _tied_log_density(z, means, cov)  # (U, C)
         ll = float(torch.logsumexp(joint, 1).sum())
         resp = torch.softmax(joint, 1)
         counts = resp.sum(0).clamp_min(1e-9)

@@ -440,3 +440,20 @@ def test_inspect_picture_for_three_prototypes_is_a_simplex_scatter(tmp_path):
     plot_users(info, tmp_path / "s.png", cov)
     plot_users({**info, "k": 3, "simplex_users": False}, tmp_path / "bars.png", cov)
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "bars.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tied_log_density_is_the_gaussian_log_density():
+    """The EM's log density (one Cholesky factor for every component) against torch.distributions and
+    against the 1-d formula by hand."""
+    from pal_mm.prior import _tied_log_density
+
+    g = torch.Generator().manual_seed(0)
+    z, means = torch.randn(20, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    a = torch.randn(3, 3, generator=g, dtype=torch.float64)
+    cov = a @ a.T + 0.1 * torch.eye(3, dtype=torch.float64)
+    want = torch.distributions.MultivariateNormal(means, covariance_matrix=cov.expand(4, 3, 3)).log_prob(z[:, None, :])
+    assert torch.allclose(_tied_log_density(z, means, cov), want, atol=1e-10)
+    # 1-d: x = 1, mean 0, variance 4 -> -1/8 - log 2 - log(2 pi) / 2
+    got = _tied_log_density(torch.tensor([[1.0]], dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64),
+                            torch.tensor([[4.0]], dtype=torch.float64))
+    assert float(got) == pytest.approx(-1 / 8 - math.log(2) - 0.5 * math.log(2 * math.pi))
