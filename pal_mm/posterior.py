@@ -51,6 +51,10 @@ class UserPairs:
         """(n,) margins for the users' rows ``logits`` (n_users, state_dim)."""
         return self.head.margins_from_features(self.features, logits, self.rows)
 
+    def subset(self, keep: torch.Tensor) -> "UserPairs":
+        """The pairs where the (n,) boolean ``keep`` is True (same users and rows)."""
+        return UserPairs(self.head, {k: v[keep] for k, v in self.features.items()}, self.rows[keep], self.n_users)
+
     def extend(self, other: "UserPairs") -> "UserPairs":
         """These pairs followed by ``other``'s (the same users)."""
         feats = {k: torch.cat([v, other.features[k]]) for k, v in self.features.items()}
@@ -59,13 +63,14 @@ class UserPairs:
     def jacobian(self, z: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Margins (n,) at coordinates ``z`` (n_users, S) and their Jacobian J (n, S),
         ``J_i = dm_i / dz_{rows_i}``: the head's per-pair gradients
-        (:meth:`~pal_mm.heads.base.PreferenceHead.margin_gradients_from_features`) for few pairs, else
-        1 + S backward passes (forward-mode AD is slow on CPU)."""
+        (:meth:`~pal_mm.heads.base.PreferenceHead.margin_gradients_from_features`) for few pairs or when
+        the head has them in closed form, else 1 + S backward passes (forward-mode AD is slow on CPU)."""
         n, s = len(self), z.shape[1]
         if s == 0:
             with torch.no_grad():
                 return self.margins(z @ basis.T), torch.zeros(n, 0, dtype=z.dtype, device=z.device)
-        if n <= self.PER_PAIR_MAX:  # each pair's gradient w.r.t. its user's logits, then into the coordinates
+        if n <= self.PER_PAIR_MAX or self.head.closed_form_margin_gradients:
+            # each pair's gradient w.r.t. its user's logits, then into the coordinates
             m, grad = self.head.margin_gradients_from_features(self.features, z.detach() @ basis.T, self.rows)
             return m, grad @ basis
         with torch.enable_grad():
@@ -106,15 +111,19 @@ def fit_map(pairs: UserPairs, basis: torch.Tensor, a: float, mean: torch.Tensor,
     the priors ``mean`` (U, S) / ``precision`` (U, S, S) and the calibrated likelihood of their pairs.
     Gauss-Newton steps, each halved per user until that user's objective decreases enough; a user
     stops when a step gains less than ``ftol`` (nats) or moves less than ``tol``."""
-    rows, n_users = pairs.rows, pairs.n_users
+    n_users = pairs.n_users
     z = (mean if start is None else start).detach().clone().float()
     if z.shape[1] == 0:
         return z, precision.double().clone()
     mean = mean.to(z)
     active = torch.ones(n_users, dtype=torch.bool, device=z.device)
+    work = pairs  # the pairs of the users still active (finished users' pairs are dropped as they finish)
     for _ in range(max_iter):
-        m, jac = pairs.jacobian(z, basis)
-        f0 = _objective(m, rows, n_users, a, z, mean, precision)
+        if len(work) and not bool(active[work.rows].all()):
+            work = work.subset(active[work.rows])
+        rows = work.rows
+        m, jac = work.jacobian(z, basis)
+        f0 = _objective(m, rows, n_users, a, z, mean, precision)  # right for active users only
         g, h = _gradient_and_precision(m, jac, rows, n_users, a, z, mean, precision)
         step = torch.linalg.solve(h, g[..., None])[..., 0]
         active &= step.abs().amax(-1) > tol
@@ -127,7 +136,7 @@ def fit_map(pairs: UserPairs, basis: torch.Tensor, a: float, mean: torch.Tensor,
         for _ in range(30):
             trial = (z.double() - t[:, None] * step).float()
             with torch.no_grad():
-                f1 = _objective(pairs.margins(trial @ basis.T), rows, n_users, a, trial, mean, precision)
+                f1 = _objective(work.margins(trial @ basis.T), rows, n_users, a, trial, mean, precision)
             ok = pending & (f1 <= f0 - 1e-4 * t * slope)
             new = torch.where(ok[:, None], trial, new)
             gain = torch.where(ok, f0 - f1, gain)
@@ -141,7 +150,7 @@ def fit_map(pairs: UserPairs, basis: torch.Tensor, a: float, mean: torch.Tensor,
         active &= ~pending & (gain > ftol)  # a failed line search, or a negligible gain: this user is done
         z = new
     m, jac = pairs.jacobian(z, basis)
-    return z, _gradient_and_precision(m, jac, rows, n_users, a, z, mean, precision)[1]
+    return z, _gradient_and_precision(m, jac, pairs.rows, n_users, a, z, mean, precision)[1]
 
 
 def laplace_precision(pairs: UserPairs, z: torch.Tensor, basis: torch.Tensor, a: float,

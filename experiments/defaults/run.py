@@ -1,6 +1,6 @@
 """The defaults study: do the library's defaults fit data nobody tuned them for?
 
-    python -m experiments.defaults.run                        # make reproduce-defaults (hours on 2 busy cores, see README)
+    python -m experiments.defaults.run                        # make reproduce-defaults (~22 min on 2 idle cores)
     python -m experiments.defaults.run --quick --out /tmp/d   # quick.yaml: a few small data sets (~1 min)
 
 For every data set (generated ground-truth mixtures over a grid of K*, widths, scales, label noise,

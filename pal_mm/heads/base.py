@@ -52,6 +52,9 @@ class PreferenceHead(nn.Module):
     simplex_users: bool = True
     #: True when :meth:`load_split` can start this head from a fitted smaller one (K' < K)
     splittable: bool = False
+    #: True when :meth:`margin_gradients_from_features` is a closed form, cheap for any number of pairs
+    #: (new users' Jacobians then use it instead of backward passes through every pair)
+    closed_form_margin_gradients: bool = False
 
     def __init__(self, config: PALConfig, num_users: int = 0):
         super().__init__()

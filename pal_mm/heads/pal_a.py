@@ -27,6 +27,7 @@ class PALAHead(PreferenceHead):
 
     default_loss = "hinge"
     splittable = True
+    closed_form_margin_gradients = True
     description = "PAL-A: K prototype ideal points, negative Euclidean distance, hinge"
 
     def build(self, c: PALConfig, gen: torch.Generator) -> None:
@@ -92,3 +93,21 @@ class PALAHead(PreferenceHead):
         dist_c = (features["sq_c"] - 2 * einsum(features["item_c"], a, "n d, n d -> n") + aa).clamp_min(1e-12).sqrt()
         dist_r = (features["sq_r"] - 2 * einsum(features["item_r"], a, "n d, n d -> n") + aa).clamp_min(1e-12).sqrt()
         return dist_r - dist_c  # margin = r(chosen) - r(rejected) = -d_c + d_r
+
+    def margin_gradients_from_features(self, features, logits: torch.Tensor, user_rows: torch.Tensor):
+        """Per-pair margins and gradients from one Jacobian per user: ``J_u = d a_u / d W_u`` (d, K) of the
+        ideal point ``a_u = f(softmax(W_u) P)`` (torch.func over the users' rows, not over their pairs), then
+        ``dm/da = (a - f(x_r)) / d_r - (a - f(x_c)) / d_c`` per pair and ``dm/dW = dm/da J_u``. (Ignores the
+        1e-12 clamp, i.e. an item at the ideal point.)"""
+        if type(self).weights_from_logits is not PreferenceHead.weights_from_logits:
+            return super().margin_gradients_from_features(features, logits, user_rows)
+        logits = logits.detach()
+        with torch.no_grad():
+            jac = torch.func.vmap(torch.func.jacfwd(lambda row: self.f(torch.softmax(row, -1) @ self.P)))(logits)  # (U, d, K)
+            a = self.ideal_point(None, torch.softmax(logits, -1))[user_rows]  # (n, d)
+            aa = a.pow(2).sum(-1)
+            dist_c = (features["sq_c"] - 2 * einsum(features["item_c"], a, "n d, n d -> n") + aa).clamp_min(1e-12).sqrt()
+            dist_r = (features["sq_r"] - 2 * einsum(features["item_r"], a, "n d, n d -> n") + aa).clamp_min(1e-12).sqrt()
+            dm_da = (a - features["item_r"]) / dist_r[:, None] - (a - features["item_c"]) / dist_c[:, None]  # (n, d)
+            grad = einsum(dm_da, jac[user_rows], "n d, n d k -> n k")
+        return dist_r - dist_c, grad

@@ -28,6 +28,7 @@ class PALBHead(PreferenceHead):
 
     default_loss = "bt"
     splittable = True
+    closed_form_margin_gradients = True
     description = "PAL-B: K prompt-conditioned prototype reward functions, scaled cosine, Bradley-Terry"
 
     def build(self, c: PALConfig, gen: torch.Generator) -> None:
