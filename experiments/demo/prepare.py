@@ -10,6 +10,7 @@ order (response_a is not the chosen one more often than by chance); image paths 
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 import hashlib
 import json
 import random
@@ -55,11 +56,14 @@ def pool_rows(unseen, seed: int = 0) -> list[dict]:
 
 
 def prepare(name: str, cfg: dict | None = None) -> tuple[Path, Path]:
-    """(model folder, pool file) of one task, trained and written when missing or when settings changed."""
+    """(model folder, pool file) of one task, trained and written when missing or when its settings (the
+    task's, resolved against the library defaults) changed."""
     cfg = cfg or load_config(HERE / "config.yaml")
     tc = cfg["tasks"][name]
     out = repo_path(cfg["cache_dir"]) / name
-    stamp = hashlib.sha256(json.dumps(tc, sort_keys=True).encode()).hexdigest()[:16]
+    # the task's settings resolved against the library's defaults: a new default retrains the model
+    resolved = {"task": tc, "head": PALConfig(**tc["head"]).to_dict(), "train": asdict(TrainConfig(**tc.get("train", {})))}
+    stamp = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
     model_dir, pool_file, stamp_file = out / "model", out / "pool.jsonl", out / "settings.sha"
     if model_dir.is_dir() and pool_file.is_file() and stamp_file.is_file() and stamp_file.read_text().strip() == stamp:
         log(f"{name}: reusing {model_dir}")
