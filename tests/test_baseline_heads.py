@@ -68,7 +68,7 @@ def test_lore_user_objective_equals_direct_loss():
     logits = torch.randn(3, 3)
     fast = head.user_objective(pairs.prompt, pairs.chosen, pairs.rejected, rows, 3)(logits)
     direct = PreferenceHead.user_objective(head, pairs.prompt, pairs.chosen, pairs.rejected, rows, 3)(logits)
-    assert torch.allclose(fast, direct, atol=1e-6)
+    assert torch.allclose(fast, direct, rtol=1e-5, atol=1e-5)  # two summation orders, not bit-equal
 
 
 def test_lore_new_user_fits_only_their_weights():
@@ -114,10 +114,10 @@ def test_vpl_posterior_is_a_masked_set_function():
     mu, logvar = head.posterior(p, c, r, full)
     perm = torch.tensor([2, 0, 1])
     mu_p, _ = head.posterior(p[:, perm], c[:, perm], r[:, perm], full)
-    assert torch.allclose(mu, mu_p, atol=1e-6)  # the order of the context does not matter
+    assert torch.allclose(mu, mu_p, atol=1e-5)  # the order of the context does not matter
     pad = lambda t: torch.cat([t, 100 * torch.ones(1, 2, 1)], 1)  # noqa: E731
     mu_pad, _ = head.posterior(pad(p), pad(c), pad(r), torch.tensor([[True] * 3 + [False] * 2]))
-    assert torch.allclose(mu, mu_pad, atol=1e-6)  # padding is ignored
+    assert torch.allclose(mu, mu_pad, atol=1e-5)  # padding is ignored
     mu0, lv0 = head.posterior(p, c, r, torch.zeros(1, 3, dtype=torch.bool))
     assert torch.allclose(mu0, head.to_mu.bias[None]) and torch.allclose(lv0, head.to_logvar.bias[None])
 
