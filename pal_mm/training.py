@@ -384,7 +384,8 @@ class _Run:
                     self._checkpoint(r, epoch, core, optimizer, gen, best, history)
             if stop:
                 break
-        accelerator.end_training()
+        for tracker in accelerator.trackers:  # not end_training(): it also ends the process group, which the
+            tracker.finish()                  # next fit of this run (restarts, K = 1 start, --k auto) still needs
         if best.state is not None:
             load_model_state(core, best.state)
         if self.split_source is not None and best.epoch > 0 and history and history[0]["epoch"] == 0:

@@ -29,7 +29,11 @@ def test_accelerate_launch_two_cpu_processes(synthetic_dir, tmp_path):
     assert proc.stdout.count("saved pal-b") == 1  # one process wrote and reported
     config = json.loads((out / "config.json").read_text())
     assert '"processes": 2' in json.dumps(config)
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # the default K = 2 fit: the K = 1 start (3 epochs), then two starts of K = 2 (epoch 0 = the start, 1-3)
+    assert [r["epoch"] for r in records if r.get("stage") == "split-source"] == [1, 2, 3]
+    for start in (0, 1):
+        assert [r["epoch"] for r in records if r.get("restart") == start] == [0, 1, 2, 3]
     assert not list(tmp_path.glob(".model*"))  # no leftovers of a second writer
     from pal_mm.model import PALModel
 
