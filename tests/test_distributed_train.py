@@ -15,7 +15,7 @@ import torch.distributed as dist
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
+# in `make test` (about 10 s): with the slow tests only, a change in accelerate broke this path unnoticed
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_accelerate_launch_two_cpu_processes(synthetic_dir, tmp_path):
     out = tmp_path / "model"
