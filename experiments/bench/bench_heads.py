@@ -28,6 +28,7 @@ Writes ``experiments/bench/results/heads.md`` and ``heads.json`` (or ``--out``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -141,21 +142,28 @@ class LoopClock:
         return {"wall": sum(e[0] - s[0] for s, e in zip(starts, ends)), "cpu": sum(e[1] - s[1] for s, e in zip(starts, ends))}
 
 
-def fit_rates(model_type, train, val, enc, d, k, epochs, batch, seed):
-    """{fit_loop, fit_total} rates and the trained model."""
+@contextlib.contextmanager
+def timed_fit_loops():
+    """A :class:`LoopClock` standing in for ``pal_mm.training``'s ``time`` module for the block: it times
+    every epoch loop the block's ``fit`` calls run (the K = 1 start and every restart)."""
     import pal_mm.training as training
 
+    clock, real_time = LoopClock(), training.time
+    training.time = clock
+    try:
+        yield clock
+    finally:
+        training.time = real_time
+
+
+def fit_rates(model_type, train, val, enc, d, k, epochs, batch, seed):
+    """{fit_loop, fit_total} rates and the trained model."""
     pc = PALConfig(model_type=model_type, k=k, dim=d)
     # one initialisation of the K model (no K = 1 start, no restart): the same model as the raw loop
     tc = TrainConfig(epochs=epochs, batch_size=batch, patience=0, seed=seed, progress=False, cpu=True, k_init="random",
                      restarts=1)
-    clock, real_time = LoopClock(), training.time
-    training.time = clock
-    try:
-        with Clock() as c:
-            model = fit(train, val, enc, pc, tc)
-    finally:
-        training.time = real_time
+    with timed_fit_loops() as clock, Clock() as c:
+        model = fit(train, val, enc, pc, tc)
     pairs = len(train) * (len(clock.marks) // 2)  # every epoch fit ran (K = 1 start, restarts) trains on all pairs
     loop = clock.loop_seconds()
     return {"fit_loop": {clk: pairs / max(v, 1e-9) for clk, v in loop.items()}, "fit_total": rate(pairs, c)}, model
@@ -244,15 +252,10 @@ def shared_cpu(enc, epochs: int = 1) -> dict:
                 saved = os.environ.get(THREADS_ENV)
                 if policy == "torch_default":
                     os.environ[THREADS_ENV] = str(default_threads)
-                import pal_mm.training as training
-
-                clock, real_time = LoopClock(), training.time
-                training.time = clock  # times every epoch loop of the fit (the K = 1 start and both restarts)
                 try:
-                    with Clock() as c:
+                    with timed_fit_loops() as clock, Clock() as c:  # the K = 1 start and both restarts
                         fit(train, val, enc, pc, tc)
                 finally:
-                    training.time = real_time
                     os.environ.pop(THREADS_ENV, None) if saved is None else os.environ.__setitem__(THREADS_ENV, saved)
                 loop = clock.loop_seconds()["wall"]
                 out[f"{policy}_{'busy' if busy else 'alone'}"] = {"loop_s": round(loop, 3), "fit_s": round(c.wall, 3),

@@ -10,10 +10,10 @@ order (response_a is not the chosen one more often than by chance); image paths 
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 import hashlib
 import json
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 import torch

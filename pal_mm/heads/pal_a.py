@@ -86,12 +86,17 @@ class PALAHead(PreferenceHead):
         item_c, item_r = self.item_embedding(prompts, torch.cat([chosen_emb, rejected_emb])).split(n)  # (n, d) each
         return {"item_c": item_c, "item_r": item_r, "sq_c": item_c.pow(2).sum(-1), "sq_r": item_r.pow(2).sum(-1)}
 
-    def margins_from_features(self, features, logits: torch.Tensor, user_rows: torch.Tensor) -> torch.Tensor:
-        ideal = self.ideal_point(None, self.weights_from_logits(logits))  # (n_users, d): once per user
-        a = ideal[user_rows]
+    @staticmethod
+    def _distances(features, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n,) distances of the chosen and the rejected items to the (n, d) ideal points ``a``."""
         aa = a.pow(2).sum(-1)
         dist_c = (features["sq_c"] - 2 * einsum(features["item_c"], a, "n d, n d -> n") + aa).clamp_min(1e-12).sqrt()
         dist_r = (features["sq_r"] - 2 * einsum(features["item_r"], a, "n d, n d -> n") + aa).clamp_min(1e-12).sqrt()
+        return dist_c, dist_r
+
+    def margins_from_features(self, features, logits: torch.Tensor, user_rows: torch.Tensor) -> torch.Tensor:
+        ideal = self.ideal_point(None, self.weights_from_logits(logits))  # (n_users, d): once per user
+        dist_c, dist_r = self._distances(features, ideal[user_rows])
         return dist_r - dist_c  # margin = r(chosen) - r(rejected) = -d_c + d_r
 
     def margin_gradients_from_features(self, features, logits: torch.Tensor, user_rows: torch.Tensor):
@@ -105,9 +110,7 @@ class PALAHead(PreferenceHead):
         with torch.no_grad():
             jac = torch.func.vmap(torch.func.jacfwd(lambda row: self.f(torch.softmax(row, -1) @ self.P)))(logits)  # (U, d, K)
             a = self.ideal_point(None, torch.softmax(logits, -1))[user_rows]  # (n, d)
-            aa = a.pow(2).sum(-1)
-            dist_c = (features["sq_c"] - 2 * einsum(features["item_c"], a, "n d, n d -> n") + aa).clamp_min(1e-12).sqrt()
-            dist_r = (features["sq_r"] - 2 * einsum(features["item_r"], a, "n d, n d -> n") + aa).clamp_min(1e-12).sqrt()
+            dist_c, dist_r = self._distances(features, a)
             dm_da = (a - features["item_r"]) / dist_r[:, None] - (a - features["item_c"]) / dist_c[:, None]  # (n, d)
             grad = einsum(dm_da, jac[user_rows], "n d, n d k -> n k")
         return dist_r - dist_c, grad
