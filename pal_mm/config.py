@@ -29,8 +29,9 @@ class PALConfig:
 
     model_type: str = field(default="pal-b", metadata=_help("head type (see `pal-mm heads`): pal-a, pal-b, single-rm, ..."))
     k: int | str = field(default=2, metadata=_help(
-        "number of prototypes K, or auto: K = 1, 2, ... trained and the smallest K within one standard error of the "
-        "lowest validation loss kept (seen users' val pairs plus a few-shot refit of them; see pal_mm.selection)", auto=True))
+        "number of prototypes K, or auto: K = 1, 2, ... trained, each next K accepted while it beats the last accepted "
+        "one by more than two standard errors of the per-pair validation loss (seen users' val pairs plus a few-shot "
+        "refit of them; see pal_mm.selection)", auto=True))
     prompt_dim: int = field(default=0, metadata=_help("prompt embedding width (set from the encoder/data)", cli=False))
     item_dim: int = field(default=0, metadata=_help("item embedding width (set from the encoder/data)", cli=False))
     dim: int | None = field(default=None, metadata=_help(

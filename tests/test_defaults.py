@@ -62,3 +62,14 @@ def test_scale_invariance(mixture):
     x = plain.head.item_norm(mixture["test"].chosen[:5])
     y = scaled.head.item_norm(s["test"].chosen[:5])
     assert torch.allclose(x, y, atol=1e-3)
+
+
+def test_defaults_study_embedded_names_are_canonical():
+    # `t2i-0.0` in a study config and the part file `t2i-0.json` are one data set (a config that spelt beta
+    # with a trailing .0 used to drop that data set from the report)
+    from experiments.defaults.run import embedded_names
+
+    assert embedded_names({"embedded": ["summary", "t2i-0.0", "t2i-0.25", "t2i-1"]}) == ["summary", "t2i-0", "t2i-0.25", "t2i-1"]
+    assert embedded_names({}) == []
+    with pytest.raises(SystemExit, match="t2i-<beta>"):
+        embedded_names({"embedded": ["t2i-high"]})

@@ -60,7 +60,7 @@ def test_metrics_file_and_best_epoch(tmp_path, data):
     assert [r["epoch"] for r in source] == [1, 2, 3] and [r["epoch"] for r in own] == [0, 1, 2, 3]
     assert {"train_loss", "val_loss", "val_accuracy", "logit_scale"} <= set(own[1])
     best = min(own, key=lambda r: r["val_loss"])
-    # the best epoch by validation loss, unless it does not beat K = 1 (epoch 0) by one standard error
+    # the best epoch by validation loss, unless it does not beat K = 1 (epoch 0) by SPLIT_EVIDENCE standard errors
     assert m.metrics["best_epoch"] in (best["epoch"], 0)
     assert m.metrics["val_loss"] == pytest.approx(own[m.metrics["best_epoch"]]["val_loss"], abs=1e-6)
 

@@ -60,11 +60,25 @@ def generated_specs(cfg: dict) -> list[Spec]:
     return [Spec(name=name, **{**cfg["base"], **(over or {})}) for name, over in _selected(cfg, "datasets").items()]
 
 
+def embedded_names(cfg: dict) -> list[str]:
+    """The config's ``embedded`` names in their canonical form: ``t2i-0.0`` and ``t2i-0`` are one data set
+    (``t2i-<beta:g>``, the name its part file and table row get)."""
+    names = []
+    for n in cfg.get("embedded") or []:
+        if str(n).startswith("t2i-"):
+            try:
+                n = f"t2i-{float(str(n).split('-', 1)[1]):g}"
+            except ValueError:
+                raise SystemExit(f"defaults config: embedded data set {n!r}: expected t2i-<beta>, e.g. t2i-0.5") from None
+        names.append(str(n))
+    return names
+
+
 def load_embedded(cfg: dict) -> list[dict]:
     """The embedded defaults named in ``embedded`` (``summary``, ``t2i-<beta>``)."""
     from . import embedded
 
-    names = list(cfg.get("embedded") or [])
+    names = embedded_names(cfg)
     out = []
     n_new = int(cfg.get("embedded_new_train", 10))
     if "summary" in names:
@@ -161,7 +175,8 @@ def main(argv=None) -> dict:
     torch.set_num_threads(int(cfg.get("threads", 1)))
     out = Path(a.out)
     parts = out / "parts"  # one file per data set (and auto-k), written as soon as it is done
-    wanted = lambda name: not a.only or name in a.only  # noqa: E731
+    only = embedded_names({"embedded": a.only}) if a.only else None  # t2i-0.0 = t2i-0
+    wanted = lambda name: not only or name in only  # noqa: E731
     done = lambda name: a.resume and (parts / f"{name}.json").is_file()  # noqa: E731
 
     entries = []
@@ -171,7 +186,7 @@ def main(argv=None) -> dict:
         data, bayes = make_data(spec)
         entries.append({"name": spec.name, "data": data, "new_rows": new_user_split(spec), "k": spec.k_true,
                         "spec": spec.to_dict(), "bayes": bayes, "oracle_head": oracle_head(spec)})
-    embedded = [n for n in cfg.get("embedded") or [] if wanted(n) and not done(n)]
+    embedded = [n for n in embedded_names(cfg) if wanted(n) and not done(n)]
     if embedded:
         entries += load_embedded({**cfg, "embedded": embedded})
 
@@ -190,7 +205,7 @@ def main(argv=None) -> dict:
         write_json(parts / "auto-k.json", {**run_auto_k(cfg["auto_k"], cfg["base"], log),
                                            "seconds": round(time.perf_counter() - t0, 1)})
 
-    names = [n for n in [s.name for s in generated_specs(cfg)] + list(cfg.get("embedded") or []) if wanted(n)]
+    names = [n for n in [s.name for s in generated_specs(cfg)] + embedded_names(cfg) if wanted(n)]
     datasets = {n: json.loads((parts / f"{n}.json").read_text()) for n in names if (parts / f"{n}.json").is_file()}
     summary, selection, selected = summarise(datasets)
     results = {"config": cfg, "datasets": datasets, "summary": summary, "selection": selection, "selected": selected}
