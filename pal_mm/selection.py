@@ -13,7 +13,7 @@ on two kinds of validation pairs, never on test data:
 Each K gets the per-pair losses of both parts (the head's training loss). The rule is forward
 selection with a test: K = 1 is accepted; each next K is trained with the accepted model as its
 fallback and accepted when its mean per-pair loss beats the accepted model's by more than
-``SPLIT_EVIDENCE`` (2) standard errors of the mean difference on the same pairs; K stops growing
+:data:`K_EVIDENCE` (2) standard errors of the mean difference on the same pairs; K stops growing
 after :data:`MAX_MISSES` misses in a row (or at the end of ``ks``), and the last accepted K is
 returned. The per-K numbers are written to ``metrics.jsonl`` (``{"k_selection": K, ...}`` lines after
 each K's epochs) and kept in ``model.metrics["k_selection"]``, which the model card shows.
@@ -45,7 +45,6 @@ from .fewshot import fewshot_split
 from .heads import get_head_class
 from .model import PALModel
 from .scoring import pair_margins
-from .training import SPLIT_EVIDENCE
 from .training import fit as fit_k
 
 #: the Ks tried by default (in order; stops early, see the module docstring)
@@ -54,6 +53,10 @@ DEFAULT_KS = (1, 2, 3, 4, 5, 6, 7, 8)
 MAX_FEWSHOT_PAIRS = 10
 #: K stops growing after this many Ks in a row that do not beat the accepted one
 MAX_MISSES = 2
+#: the next K is accepted when it beats the accepted one by more than this many standard errors: a claim of one
+#: more group in the population, made on clear evidence (its hit rate: experiments/defaults, auto-K). Within a
+#: K model, the choice between its K = 1 start and the mixture is TrainConfig.split_evidence's (default 0).
+K_EVIDENCE = 2.0
 
 
 def fit(train, val, encoder: Encoder, config: PALConfig | None = None, train_config: TrainConfig | None = None,
@@ -115,16 +118,15 @@ def _score(model: PALModel, val: EncodedPairs, rows) -> tuple[dict, torch.Tensor
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}, both
 
 
-def accepts(candidate: torch.Tensor, current: torch.Tensor) -> tuple[bool, float | None]:
-    """(does the candidate's mean per-pair loss beat the current model's by more than
-    :data:`~pal_mm.training.SPLIT_EVIDENCE` standard errors of the mean difference?, that gain in
-    standard errors)."""
+def accepts(candidate: torch.Tensor, current: torch.Tensor, evidence: float = K_EVIDENCE) -> tuple[bool, float | None]:
+    """(does the candidate's mean per-pair loss beat the current model's by more than ``evidence``
+    standard errors of the mean difference?, that gain in standard errors)."""
     d = candidate - current
     se = float(d.std()) / math.sqrt(len(d)) if len(d) > 1 else 0.0
     if se == 0.0:
         return False, None
     gain = -float(d.mean()) / se
-    return gain > SPLIT_EVIDENCE, round(gain, 3)
+    return gain > evidence, round(gain, 3)
 
 
 def select_k(train: PreferenceData | EncodedPairs, val: PreferenceData | EncodedPairs | None, encoder: Encoder,
@@ -176,7 +178,7 @@ def select_k(train: PreferenceData | EncodedPairs, val: PreferenceData | Encoded
     model = models[accepted]
     model.metrics["k_selection"] = {
         "chosen": accepted, "fewshot_pairs": n, "fewshot_users": len({val.user_ids[i] for i in rows[1]}),
-        "rule": (f"K grows while a K model beats the last accepted one by more than {SPLIT_EVIDENCE:g} standard errors "
+        "rule": (f"K grows while a K model beats the last accepted one by more than {K_EVIDENCE:g} standard errors "
                  f"of the mean per-pair validation loss (seen-user pairs + few-shot pairs); stops after {MAX_MISSES} misses"),
         "candidates": table}
     return model

@@ -135,7 +135,8 @@ def fit(
     A K >= 2 model starts as ``train_config.k_init`` says (:mod:`pal_mm.splitting`): each user on the
     prototype of their cluster; ``cluster`` and ``split`` first fit K = 1 on the same data (or take
     ``split_source``, a fitted model of the same head type with fewer prototypes), whose copy is epoch 0
-    and is kept unless the K model beats it on validation by :data:`SPLIT_EVIDENCE` standard errors.
+    and is kept unless the K model's validation loss is lower (by more than ``train_config.split_evidence``
+    standard errors of the per-pair difference; default 0).
     The trained model then gets its beliefs (calibration, prior over users, posteriors;
     :func:`pal_mm.prior.fit_beliefs`) unless ``beliefs=False``."""
     tc = train_config or TrainConfig()
@@ -201,12 +202,6 @@ def _check_run(train, val, encoder, config, tc, raw_train, raw_val) -> None:
         raise PalMMError(f"the token-level loss needs a text encoder for prompts and items, not {encoder.name!r}")
 
 
-#: a K >= 2 model replaces its K = 1 fallback only when its mean per-pair validation loss is lower by
-#: more than this many standard errors of the mean difference (see _Run._keep_k1_unless_clearly_worse):
-#: a split is a claim that the population has groups, made on clear evidence only (about a 2 % one-sided
-#: test). With 1 SE, one of three text-to-image runs at beta = 0.25 (a weak group signal) kept a split
-#: that was 1.3 SE better on validation and 2.6 points worse on test.
-SPLIT_EVIDENCE = 2.0
 
 #: wall-clock fields of an epoch record: written to timings.jsonl, not metrics.jsonl (so that the
 #: metrics file of a seeded run is byte-identical from run to run)
@@ -302,7 +297,7 @@ class _Run:
 
     def _keep_k1_unless_clearly_worse(self, core: PALModel, val: EncodedPairs, best: BestEpoch, epoch0: dict) -> None:
         """Keep the best K epoch only when its validation loss beats the source model (epoch 0: K = 1, or the
-        K' < K model given as ``split_source``) by more than :data:`SPLIT_EVIDENCE` standard errors of the
+        K' < K model given as ``split_source``) by more than ``split_evidence`` standard errors of the
         mean per-pair difference; otherwise revert to the source's copy. A small validation set would
         otherwise pick a mixture whose gain is noise."""
         trained = model_state(core)
@@ -311,7 +306,7 @@ class _Run:
         diff = k_losses - pair_losses(core, val)
         se = float(diff.std()) / math.sqrt(len(diff))
         self.evidence = round(-float(diff.mean()) / se, 3) if se > 0 else None  # standard errors better than K = 1
-        if float(diff.mean()) < -SPLIT_EVIDENCE * se:
+        if float(diff.mean()) < -self.tc.split_evidence * se:
             load_model_state(core, trained)
         else:
             best.revert(epoch0, model_state(core))

@@ -2,6 +2,8 @@
 clustered by what they prefer, and the guarantee that a split model is never worse than K = 1 on
 validation."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -125,6 +127,28 @@ def test_split_fit_is_never_worse_than_k1_on_validation(tmp_path):
     assert [r["val_loss"] for r in source] == [r["val_loss"] for r in k1.history]
     # with the groups found, K = 2 beats K = 1 clearly
     assert evaluate(k2, val)["accuracy"] > evaluate(k1, val)["accuracy"] + 0.1
+
+
+def test_split_evidence_is_the_bar_a_mixture_must_clear():
+    # two clear groups: the mixture's per-pair validation gain is many standard errors, so the default (0)
+    # and 2 keep it; a bar no gain can clear keeps the K = 1 copy (epoch 0), whose rewards are K = 1's
+    pairs, _ = _two_group_pairs(users=10, per_user=40)
+    rows = list(range(len(pairs)))
+    train, val = pairs.subset([i for i in rows if i % 40 < 30]), pairs.subset([i for i in rows if i % 40 >= 30])
+    enc = create_encoder("precomputed")
+    tc = TrainConfig(epochs=4, progress=False, seed=0)
+    assert tc.split_evidence == 0.0
+    k1 = fit(train, val, enc, PALConfig(k=1, dim=8), tc, beliefs=False)
+    kept = {}
+    for bar in (0.0, 2.0, 1e9):
+        m = fit(train, val, enc, PALConfig(k=2, dim=8), replace(tc, split_evidence=bar), split_source=k1, beliefs=False)
+        kept[bar] = m.metrics["k_init"]["kept_k1"]
+        gain = m.metrics["k_init"]["gain_over_k1_se"]
+        assert gain > 2.0  # recorded whatever the bar
+    assert kept == {0.0: False, 2.0: False, 1e9: True}
+    assert m.metrics["best_epoch"] == 0 and m.metrics["val_loss"] == pytest.approx(k1.metrics["val_loss"], abs=1e-5)
+    with pytest.raises(PalMMError, match="split-evidence must be >= 0"):
+        TrainConfig(split_evidence=-1.0)
 
 
 def test_k_init_choices_and_errors():

@@ -196,7 +196,7 @@ def comparison(results: dict, details: dict) -> list[str]:
         encoder_bullet(results),
         "- **Protocol.** Seen users: 70 / 10 / 20 train / val / test per user; each model keeps its best epoch on "
         "validation (library defaults: K=2 fits K=1 first, starts twice from the users' clusters and keeps the start "
-        "with the lower validation loss, or K=1 unless beaten by two standard errors; see the README). Unseen users: "
+        "with the lower validation loss, or its K=1 start (epoch 0) when no epoch beats it on validation; see the README). Unseen users: "
         "a fixed test set per user and nested training sets (the reference code splits train_size = n and tests on "
         "the rest, and selects checkpoints on that test set, which we do not do). Head: "
         f"`{head_setting(details, 'projector')}` at d = {head_setting(details, 'dim')} with input standardisation, Bradley-Terry loss, no bound loss.",
