@@ -131,7 +131,7 @@ class TrainConfig:
         "cluster and split fit K = 1 first and keep it (copied K times) if no epoch beats it on validation",
         choices=("cluster", "split", "random")))
     # 0 was chosen on held-out validation pairs over the defaults study's data sets and seeds
-    # (experiments/defaults/split_evidence.py): mean regret 0.01 points, 2 SE 0.46, 3 SE 0.62.
+    # (experiments/defaults/split_evidence.py): mean regret 0.06 points, 1 SE 0.20, 2 SE 0.34, 3 SE 0.42.
     split_evidence: float = field(default=0.0, metadata=_help(
         "a K >= 2 model replaces its K = 1 start (its epoch 0) only when its mean per-pair validation loss is lower "
         "by more than this many standard errors of the mean difference (default 0: the lowest validation loss wins)",
