@@ -10,6 +10,9 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from encoders import encoder_base_model
 
+from .splitting import mixture_outcome
+
+
 def public_data_info(data: dict) -> dict:
     """Training-data facts without local file paths (keys ending in _file, _path or _dir)."""
     return {k: v for k, v in (data or {}).items() if not str(k).endswith(("_file", "_path", "_dir"))}
@@ -81,6 +84,9 @@ def pal_model_card(model, **kwargs) -> ModelCard:
     ]
     if data:
         lines.append(f"| data | {json.dumps(data, default=str)} |")
+    outcome = mixture_outcome(metrics)
+    if outcome:
+        lines += ["", "## Mixture", "", f"K = {c.k} started from a fitted smaller model: {outcome}."]
     lines += k_selection_lines(metrics.get("k_selection"))
     if metrics:
         lines += ["", "## Metrics", "", "```json", json.dumps(metrics, indent=2, default=str), "```"]

@@ -161,3 +161,21 @@ def starts_from_k1(config, tc) -> bool:
     K = 1 model (:func:`pal_mm.training.fit`)."""
     return (config.k > 1 and tc.k_init in ("cluster", "split") and not tc.fine_tunes_encoder
             and get_head_class(config.model_type).splittable)
+
+
+def mixture_outcome(metrics: dict | None) -> str | None:
+    """One sentence on how a K >= 2 model's start from K = 1 ended (from ``model.metrics["k_init"]``), or None
+    when the model did not start from K = 1 (K = 1, random start, no validation data)."""
+    info = (metrics or {}).get("k_init") or {}
+    if "kept_k1" not in info:
+        return None
+    source = (metrics or {}).get("split_source", {}).get("k", 1)
+    gain = info.get("gain_over_k1_se")
+    bar = info.get("split_evidence", 0.0)
+    if not info["kept_k1"]:
+        return (f"the mixture beat its K = {source} start on the validation loss by {gain:.1f} standard errors "
+                f"(needed > {bar:g}) and was kept")
+    why = "no epoch beat it on the validation loss" if gain is None else (
+        f"its validation gain, {gain:.1f} standard errors, did not clear --split-evidence {bar:g}")
+    return (f"the model is its K = {source} start ({why}): every user gets the K = {source} rewards; more pairs "
+            "per user or more users may show the groups")

@@ -392,7 +392,8 @@ class _Run:
         core.metrics = best.metrics(history)
         if self.init_info is not None:
             core.metrics["k_init"] = self.init_info | (
-                {"kept_k1": core.metrics["best_epoch"] == 0, "gain_over_k1_se": self.evidence}
+                {"kept_k1": core.metrics["best_epoch"] == 0, "gain_over_k1_se": self.evidence,
+                 "split_evidence": self.tc.split_evidence}
                 if self.split_source is not None and best.state is not None else {})
         if self.split_source is not None:
             core.metrics["split_source"] = {"k": self.split_source.config.k, **{

@@ -36,6 +36,17 @@ def test_train_writes_model_dir(trained):
     # the K = 1 model the mixture starts from (3 epochs), then each of the two starts (epoch 0 = K = 1's copy)
     assert [r["epoch"] for r in records if r.get("stage") == "split-source"] == [1, 2, 3]
     assert max(r["epoch"] for r in records) == 3
+    assert "## Mixture" in (trained / "README.md").read_text()  # the card says whether the mixture was kept
+
+
+def test_train_says_when_a_mixture_stays_at_k1(synthetic_dir, tmp_path, capsys):
+    # a bar no validation gain clears: the K = 2 model is its K = 1 start, and train says so on stdout
+    rc = main(["train", "--data", str(synthetic_dir / "train.jsonl"), "--val", str(synthetic_dir / "val.jsonl"),
+               "--encoder", "precomputed", "--k", "2", "--split-evidence", "1000", "--out", str(tmp_path / "m"), *QUICK])
+    out = capsys.readouterr().out
+    assert rc == 0 and "mixture: the model is its K = 1 start" in out and "--split-evidence 1000" in out
+    cfg = yaml.safe_load((tmp_path / "m" / "run_config.yaml").read_text())
+    assert cfg["split_evidence"] == 1000
 
 
 def test_train_pal_a(synthetic_dir, tmp_path):

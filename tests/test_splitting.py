@@ -12,7 +12,8 @@ from pal_mm import PALConfig, PreferenceData, TrainConfig, evaluate, fit
 from pal_mm.embedding import EncodedPairs
 from pal_mm.errors import PalMMError
 from pal_mm.heads import create_head
-from pal_mm.splitting import CLUSTER_LOGIT, cluster_logits, cluster_users, split_head, user_signatures
+from pal_mm.splitting import (CLUSTER_LOGIT, cluster_logits, cluster_users, mixture_outcome, split_head,
+                               user_signatures)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -147,8 +148,22 @@ def test_split_evidence_is_the_bar_a_mixture_must_clear():
         assert gain > 2.0  # recorded whatever the bar
     assert kept == {0.0: False, 2.0: False, 1e9: True}
     assert m.metrics["best_epoch"] == 0 and m.metrics["val_loss"] == pytest.approx(k1.metrics["val_loss"], abs=1e-5)
+    # the model card says so: this K = 2 model computes K = 1's rewards
+    card = str(m.generate_model_card())
+    assert "## Mixture" in card and "did not clear --split-evidence 1e+09" in card
     with pytest.raises(PalMMError, match="split-evidence must be >= 0"):
         TrainConfig(split_evidence=-1.0)
+
+
+def test_mixture_outcome_sentences():
+    assert mixture_outcome({}) is None and mixture_outcome({"k_init": {"k_init": "cluster"}}) is None
+    kept = {"k_init": {"kept_k1": False, "gain_over_k1_se": 4.26, "split_evidence": 0.0}, "split_source": {"k": 1}}
+    assert mixture_outcome(kept) == ("the mixture beat its K = 1 start on the validation loss by 4.3 standard errors "
+                                     "(needed > 0) and was kept")
+    flat = {"k_init": {"kept_k1": True, "gain_over_k1_se": None, "split_evidence": 0.0}}
+    assert mixture_outcome(flat).startswith("the model is its K = 1 start (no epoch beat it on the validation loss)")
+    short = {"k_init": {"kept_k1": True, "gain_over_k1_se": 1.5, "split_evidence": 2.0}, "split_source": {"k": 2}}
+    assert "K = 2 start (its validation gain, 1.5 standard errors, did not clear --split-evidence 2)" in mixture_outcome(short)
 
 
 def test_k_init_choices_and_errors():

@@ -49,6 +49,7 @@ def run(args) -> int:
         raise c.PalMMError("--resume continues a run in one process; start it without `accelerate launch`")
     target = c.check_output(args.out, args.overwrite, resume=args.resume) if state.is_main_process else None
     from ..selection import fit  # training.fit, or a choice of K on validation (--k auto)
+    from ..splitting import mixture_outcome
 
     encoder = c.make_encoder(args)
     train = c.load_data(args.data, encoder)
@@ -70,6 +71,9 @@ def run(args) -> int:
     if chosen:
         print("K on validation: " + ", ".join(f"K={r['k']} loss {r['score']:.4f}" for r in chosen["candidates"])
               + f" -> K={chosen['chosen']}")
+    outcome = mixture_outcome(model.metrics)
+    if outcome:
+        print(f"mixture: {outcome}")
     if cache is not None and encoder.uses_cache:
         print(f"embeddings ({encoder.name}): {cache.summary()}")
     print(f"saved {config.model_type} K={model.config.k} ({len(model.users)} users, {model.num_learned_parameters():,} learned "
