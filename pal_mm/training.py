@@ -202,7 +202,6 @@ def _check_run(train, val, encoder, config, tc, raw_train, raw_val) -> None:
         raise PalMMError(f"the token-level loss needs a text encoder for prompts and items, not {encoder.name!r}")
 
 
-
 #: wall-clock fields of an epoch record: written to timings.jsonl, not metrics.jsonl (so that the
 #: metrics file of a seeded run is byte-identical from run to run)
 TIMING_KEYS = ("epoch_seconds", "train_pairs_per_s")

@@ -73,3 +73,16 @@ def test_defaults_study_embedded_names_are_canonical():
     assert embedded_names({}) == []
     with pytest.raises(SystemExit, match="t2i-<beta>"):
         embedded_names({"embedded": ["t2i-high"]})
+
+
+def test_split_evidence_study_halves_every_users_validation_pairs():
+    # the nested study's A / B sets: each user's pairs split ceil / floor, disjoint, together all of val
+    from experiments.defaults.split_evidence import halves
+
+    users = ["a"] * 5 + ["b"] * 4 + ["c"]
+    val = EncodedPairs(torch.arange(10.0)[:, None], torch.zeros(10, 1), torch.zeros(10, 1), users)
+    a, b = halves(val, seed=0)
+    rows_a, rows_b = a.prompt[:, 0].long().tolist(), b.prompt[:, 0].long().tolist()
+    assert sorted(rows_a + rows_b) == list(range(10))
+    assert [a.user_ids.count(u) for u in "abc"] == [3, 2, 1] and [b.user_ids.count(u) for u in "abc"] == [2, 2, 0]
+    assert halves(val, seed=0)[0].prompt.tolist() == a.prompt.tolist()  # seeded

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 
 from encoders.precomputed import PrecomputedEncoder
 from pal_mm import PALConfig, TrainConfig, evaluate, fit
+from pal_mm.data import user_orders
 from pal_mm.embedding import EncodedPairs
 
 from ..common import load_config, machine, make_log, write_json, write_text
@@ -55,18 +55,13 @@ SKIP = {"scale-mixed"}  # the same numbers as base (inputs are standardised): it
 
 
 def halves(val: EncodedPairs, seed: int) -> tuple[EncodedPairs, EncodedPairs]:
-    """(A, B): every user's validation pairs shuffled (seeded) and cut in two; a user with one pair goes to A."""
-    rows: dict[str, list[int]] = {}
-    for i, u in enumerate(val.user_ids):
-        rows.setdefault(u, []).append(i)
-    rng = random.Random(seed)
+    """(A, B): every user's validation pairs in the protocol's seeded order (:func:`pal_mm.data.user_orders`)
+    cut in two; a user's odd pair goes to A."""
     a, b = [], []
-    for u in sorted(rows):
-        r = rows[u][:]
-        rng.shuffle(r)
-        cut = (len(r) + 1) // 2
-        a += r[:cut]
-        b += r[cut:]
+    for rows in user_orders(val.user_ids, seed).values():
+        cut = (len(rows) + 1) // 2
+        a += rows[:cut]
+        b += rows[cut:]
     return val.subset(sorted(a)), val.subset(sorted(b))
 
 
