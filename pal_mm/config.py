@@ -30,7 +30,7 @@ class PALConfig:
     model_type: str = field(default="pal-b", metadata=_help("head type (see `pal-mm heads`): pal-a, pal-b, single-rm, ..."))
     k: int | str = field(default=2, metadata=_help(
         "number of prototypes K, or auto: K = 1, 2, ... trained, each next K accepted while it beats the last accepted "
-        "one by more than two standard errors of the per-pair validation loss (seen users' val pairs plus a few-shot "
+        "one by more than two standard errors of the per-pair calibrated validation log loss (seen users' val pairs plus a few-shot "
         "refit of them; see pal_mm.selection)", auto=True))
     prompt_dim: int = field(default=0, metadata=_help("prompt embedding width (set from the encoder/data)", cli=False))
     item_dim: int = field(default=0, metadata=_help("item embedding width (set from the encoder/data)", cli=False))
@@ -45,6 +45,11 @@ class PALConfig:
     logit_scale_init: float = field(default=math.log(1 / 0.07), metadata=_help("initial log inverse temperature s", cli=False))
     logit_scale_max: float = field(default=100.0, metadata=_help("cap on e^s", cli=False))
     loss: str | None = field(default=None, metadata=_help("bt | hinge (default: the head type's own)", cli=False))
+    label_noise: float | None = field(default=None, metadata=_help(
+        "assumed fraction eps of flipped labels in the Bradley-Terry loss: P(chosen) = eps + (1 - 2 eps) sigmoid(m), "
+        "so a pair that contradicts the model costs at most -log(eps); 0 is the plain Bradley-Terry loss "
+        "(default: the head type's own, 0.2 for pal-b and 0 for the others, fixed when training starts; "
+        "the hinge loss ignores it)", metavar="EPS"))
     normalize_inputs: bool = field(default=True, metadata=_help("standardise input embeddings (mean and one scale from train)", cli=False))
     init_seed: int = field(default=0, metadata=_help("seed of the head's initialisation (set from --seed)", cli=False))
 
@@ -57,6 +62,11 @@ class PALConfig:
             raise PalMMError(f"dim must be an integer >= 1, got {self.dim!r}")
         if self.loss not in (None, "bt", "hinge"):
             raise PalMMError(f"loss must be 'bt' or 'hinge', got {self.loss!r}")
+        if self.label_noise is not None:
+            if isinstance(self.label_noise, bool) or not isinstance(self.label_noise, (int, float)) \
+                    or not 0.0 <= float(self.label_noise) < 0.5:
+                raise PalMMError(f"label_noise must be a number in [0, 0.5), got {self.label_noise!r}")
+            self.label_noise = float(self.label_noise)
 
     @property
     def width(self) -> int:
@@ -97,7 +107,8 @@ class PALConfig:
         unknown = set(d) - known
         if unknown:
             raise PalMMError(f"unknown PAL config key(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
+        # a model saved before label_noise existed was trained with the plain Bradley-Terry loss
+        return cls(**{"label_noise": 0.0, **d})
 
 
 @dataclass

@@ -36,7 +36,10 @@ def test_train_writes_model_dir(trained):
     # the K = 1 model the mixture starts from (3 epochs), then each of the two starts (epoch 0 = K = 1's copy)
     assert [r["epoch"] for r in records if r.get("stage") == "split-source"] == [1, 2, 3]
     assert max(r["epoch"] for r in records) == 3
-    assert "## Mixture" in (trained / "README.md").read_text()  # the card says whether the mixture was kept
+    card = (trained / "README.md").read_text()
+    assert "## Mixture" in card  # the card says whether the mixture was kept
+    assert "| loss | Bradley-Terry, labels taken as flipped at rate 0.2 |" in card  # PAL-B's default loss
+    assert json.loads((trained / "config.json").read_text())["head"]["label_noise"] == 0.2  # fixed at training
 
 
 def test_train_says_when_a_mixture_stays_at_k1(synthetic_dir, tmp_path, capsys):
@@ -53,6 +56,14 @@ def test_train_pal_a(synthetic_dir, tmp_path):
     rc = main(["train", "--data", str(synthetic_dir / "train.jsonl"), "--encoder", "precomputed", "--model", "pal-a",
                "--k", "2", "--out", str(tmp_path / "a"), *QUICK])
     assert rc == 0 and json.loads((tmp_path / "a" / "config.json").read_text())["head"]["model_type"] == "pal-a"
+
+
+def test_train_label_noise_is_saved(synthetic_dir, tmp_path):
+    rc = main(["train", "--data", str(synthetic_dir / "train.jsonl"), "--encoder", "precomputed", "--k", "1",
+               "--label-noise", "0.15", "--out", str(tmp_path / "m"), *QUICK])
+    assert rc == 0 and json.loads((tmp_path / "m" / "config.json").read_text())["head"]["label_noise"] == 0.15
+    assert "| loss | Bradley-Terry, labels taken as flipped at rate 0.15 |" in (tmp_path / "m" / "README.md").read_text()
+    assert yaml.safe_load((tmp_path / "m" / "run_config.yaml").read_text())["label_noise"] == 0.15
 
 
 def test_adapt_eval_score(trained, synthetic_dir, tmp_path, capsys):
@@ -130,6 +141,7 @@ def test_bad_inputs(synthetic_dir, trained, tmp_path, capsys):
     (["--epochs", "abc"], "argument --epochs: expected an integer"),
     (["--dim", "-3"], "dim must be an integer >= 1"),
     (["--k", "0"], "k must be an integer >= 1"),
+    (["--label-noise", "0.5"], "label_noise must be a number in [0, 0.5)"),
     (["--lr-projector=-1e-3"], "lr-projector must be > 0"),
     (["--lr-users", "nan"], "expected a finite number"),
     (["--restarts", "0"], "restarts must be >= 1"),

@@ -33,7 +33,9 @@ def test_pal_b_reward_by_hand():
     assert head.reward(p, y, w).item() == pytest.approx(scale * 0.25 / math.sqrt(0.625), rel=1e-5)
     m = head.margin(p, x, y, w)
     assert m.item() == pytest.approx(scale * (0.894427191 - 0.316227766), rel=1e-5)
-    assert head.loss(m).item() == pytest.approx(math.log1p(math.exp(-m.item())), rel=1e-4)
+    eps = head.label_noise  # PAL-B's default Bradley-Terry loss allows for flipped labels
+    assert eps == 0.2
+    assert head.loss(m).item() == pytest.approx(-math.log(eps + (1 - 2 * eps) / (1 + math.exp(-m.item()))), rel=1e-4)
 
 
 def test_pal_a_reward_by_hand():
@@ -114,3 +116,42 @@ def test_bad_config():
         create_head(PALConfig(model_type="pal-c", prompt_dim=2, item_dim=2))
     with pytest.raises(PalMMError):
         PALConfig(k=0)
+
+
+def test_bradley_terry_with_label_noise_by_hand():
+    """-log(eps + (1 - 2 eps) sigmoid(m)): eps = 0 is softplus(-m); with eps a contradicting pair costs
+    at most -log(eps), and the loss stays finite and differentiable at extreme margins."""
+    m = torch.tensor([-1000.0, -2.0, 0.0, 1.5, 1000.0], requires_grad=True)
+    sig = [0.0, 1 / (1 + math.exp(2.0)), 0.5, 1 / (1 + math.exp(-1.5)), 1.0]
+    for eps in (0.1, 0.2):
+        cfg = PALConfig(model_type="pal-b", k=1, prompt_dim=2, item_dim=2, label_noise=eps)
+        head = create_head(cfg, num_users=1)
+        got = head.loss(m, reduction="none")
+        want = [-math.log(eps + (1 - 2 * eps) * s) for s in sig]
+        assert got.tolist() == pytest.approx(want, rel=1e-5)
+        assert head.loss(m).item() == pytest.approx(sum(want) / 5, rel=1e-5)
+        (grad,) = torch.autograd.grad(got.sum(), m)
+        assert torch.isfinite(grad).all() and grad[0].abs() < 1e-6  # a hopeless pair no longer pulls
+    plain = create_head(PALConfig(model_type="pal-b", k=1, prompt_dim=2, item_dim=2, label_noise=0.0), num_users=1)
+    assert plain.loss(m, reduction="none")[:4].tolist() == pytest.approx([1000.0, math.log1p(math.exp(2.0)), math.log(2.0),
+                                                                         math.log1p(math.exp(-1.5))], rel=1e-6)
+    hinge = create_head(PALConfig(model_type="pal-a", k=1, prompt_dim=2, item_dim=2, label_noise=0.2), num_users=1)
+    assert hinge.loss(torch.tensor([0.25])).item() == pytest.approx(0.75)  # the hinge loss ignores label_noise
+
+
+@pytest.mark.parametrize("bad", [-0.1, 0.5, 0.7, True, "0.1"])
+def test_label_noise_must_be_below_one_half(bad):
+    with pytest.raises(PalMMError, match="label_noise"):
+        PALConfig(label_noise=bad)
+
+
+def test_label_noise_defaults_by_head_type_and_old_configs_load_plain():
+    from pal_mm.heads import get_head_class
+
+    assert create_head(PALConfig(model_type="pal-b", k=1, prompt_dim=2, item_dim=2), 1).label_noise \
+        == get_head_class("pal-b").default_label_noise
+    assert create_head(PALConfig(model_type="pal-a", k=1, prompt_dim=2, item_dim=2), 1).label_noise == 0.0
+    assert create_head(PALConfig(model_type="pal-b", k=1, prompt_dim=2, item_dim=2, label_noise=0.0), 1).label_noise == 0.0
+    # a config saved before the field existed: its model was trained with the plain Bradley-Terry loss
+    assert PALConfig.from_dict({"model_type": "pal-b", "k": 2}).label_noise == 0.0
+    assert PALConfig.from_dict({"model_type": "pal-b", "k": 2, "label_noise": 0.1}).label_noise == 0.1

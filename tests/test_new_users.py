@@ -45,10 +45,11 @@ def world():
     val = PreferenceData.from_rows(make_pairs(protos, w[:24], 12, seed=2, **kw))
     test = PreferenceData.from_rows(make_pairs(protos, w[:24], 10, seed=3, **kw))
     new = PreferenceData.from_rows(make_pairs(protos, w[24:], 50, seed=4, user_prefix="new", **kw))
-    # fixed training (random user logits, one start) so these tests do not move with the mixture defaults
+    # fixed training (random user logits, one start, the plain Bradley-Terry loss) so these tests do not move
+    # with the library's defaults
     tc = TrainConfig(epochs=20, batch_size=64, lr_users=5e-2, lr_projector=3e-3, seed=0, progress=False,
                      k_init="random", restarts=1)
-    model = fit(train, val, create_encoder("precomputed"), PALConfig(model_type="pal-b", k=2), tc)
+    model = fit(train, val, create_encoder("precomputed"), PALConfig(model_type="pal-b", k=2, label_noise=0.0), tc)
     return {"model": model, "test": test, "new": new, "enc": encode_data(model.encoder, new), "rows": new.to_rows(),
             "groups": w[:, 0] > 0.5}
 

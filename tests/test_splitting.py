@@ -195,9 +195,10 @@ def test_k1_is_kept_when_nothing_beats_it(how):
     rows = list(range(len(pairs)))
     train, val = pairs.subset([i for i in rows if i % 30 < 20]), pairs.subset([i for i in rows if i % 30 >= 20])
     enc = create_encoder("precomputed")
-    k1 = fit(train, val, enc, PALConfig(k=1, dim=8), TrainConfig(epochs=3, progress=False))
+    # (the plain Bradley-Terry loss: the frozen fresh start of `cluster` must not beat K = 1 by chance)
+    k1 = fit(train, val, enc, PALConfig(k=1, dim=8, label_noise=0.0), TrainConfig(epochs=3, progress=False))
     frozen = TrainConfig(epochs=2, progress=False, k_init=how, lr_projector=1e-12, lr_users=1e-12, lr_logit_scale=1e-12)
-    k3 = fit(train, val, enc, PALConfig(k=3, dim=8), frozen, split_source=k1)
+    k3 = fit(train, val, enc, PALConfig(k=3, dim=8, label_noise=0.0), frozen, split_source=k1)
     assert k3.metrics["best_epoch"] == 0 and k3.metrics["val_loss"] == pytest.approx(k1.metrics["val_loss"], abs=1e-5)
     p = val.prompt[:5]
     for w in (torch.tensor([1.0, 0, 0]), torch.tensor([0.1, 0.6, 0.3])):

@@ -25,7 +25,7 @@ def add_parser(sub):
     c.add_encoder_flags(p)
     c.add_runtime_flags(p)
     m = p.add_argument_group("model")
-    c.add_fields(m, PALConfig, only=("model_type", "k", "dim", "projector", "prototype_projector"), flags=HEAD_FLAGS)
+    c.add_fields(m, PALConfig, only=("model_type", "k", "dim", "projector", "prototype_projector", "label_noise"), flags=HEAD_FLAGS)
     m.add_argument("--no-normalize", action="store_true", help="do not standardise input embeddings (default: standardise)")
     o = p.add_argument_group("optimisation")
     c.add_fields(o, TrainConfig, skip=("finetune_encoder", "train_layers", "token_level", "token_weighting", "lr_encoder",

@@ -37,6 +37,15 @@ from ..errors import PalMMError
 from .projectors import InputNormalizer
 
 
+def bt_loss(margin: torch.Tensor, label_noise: float = 0.0) -> torch.Tensor:
+    """(b,) per-pair ``-log(eps + (1 - 2 eps) sigmoid(m))``, computed stably in log space:
+    ``logaddexp(log eps, log(1 - 2 eps) + log sigmoid(m))``; eps = 0 gives ``softplus(-m)``."""
+    if label_noise <= 0.0:
+        return F.softplus(-margin)
+    eps = torch.tensor(label_noise, dtype=margin.dtype, device=margin.device)
+    return -torch.logaddexp(eps.log(), torch.log1p(-2 * eps) - F.softplus(-margin))
+
+
 class PreferenceHead(nn.Module):
     """Base class of the preference heads (see the module docstring)."""
 
@@ -44,6 +53,8 @@ class PreferenceHead(nn.Module):
     name: str = "base"
     #: the pair loss when ``config.loss`` is not set: ``bt`` (Bradley-Terry) or ``hinge``
     default_loss: str = "bt"
+    #: the Bradley-Terry loss's label noise eps when ``config.label_noise`` is not set (see :meth:`loss`)
+    default_label_noise: float = 0.0
     #: False for heads that ignore users (the single reward model): adapt has nothing to fit
     has_user_state: bool = True
     #: one line for ``pal-mm heads``
@@ -62,6 +73,7 @@ class PreferenceHead(nn.Module):
         if c.prompt_dim <= 0 or c.item_dim <= 0:
             raise PalMMError("prompt_dim and item_dim must be set before building a head")
         self.loss_type = c.loss or self.default_loss
+        self.label_noise = self.default_label_noise if c.label_noise is None else c.label_noise
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
             torch.manual_seed(c.init_seed)
             gen = torch.Generator().manual_seed(c.init_seed)
@@ -95,8 +107,14 @@ class PreferenceHead(nn.Module):
         return r_c - r_r
 
     def loss(self, margin: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """Bradley-Terry ``-log sigmoid(m)`` or hinge ``max(0, 1 - m)`` on (b,) margins."""
-        per_pair = F.softplus(-margin) if self.loss_type == "bt" else F.relu(1 - margin)
+        """Bradley-Terry or hinge ``max(0, 1 - m)`` on (b,) margins. Bradley-Terry with label noise
+        ``eps`` (:attr:`label_noise`: ``config.label_noise`` or the head's default) is the likelihood of
+        labels flipped with probability eps: ``-log(eps + (1 - 2 eps) sigmoid(m))``; eps = 0 is the plain
+        ``-log sigmoid(m)``."""
+        if self.loss_type != "bt":
+            per_pair = F.relu(1 - margin)
+        else:
+            per_pair = bt_loss(margin, self.label_noise)
         return per_pair.mean() if reduction == "mean" else per_pair
 
     def training_loss(self, prompt_emb, chosen_emb, rejected_emb, user_idx: torch.Tensor) -> torch.Tensor:
