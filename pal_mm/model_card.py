@@ -10,16 +10,14 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from encoders import encoder_base_model
 
-from .heads import get_head_class
 from .splitting import mixture_outcome
 
 
-def loss_description(c) -> str:
-    """The training loss of a head config in words, e.g. ``Bradley-Terry, labels taken as flipped at rate 0.2``."""
-    head = get_head_class(c.model_type)
-    if (c.loss or head.default_loss) != "bt":
+def loss_description(head) -> str:
+    """A head's training loss in words, e.g. ``Bradley-Terry, labels taken as flipped at rate 0.2``."""
+    if head.loss_type != "bt":
         return "hinge on the reward margin"
-    eps = head.default_label_noise if c.label_noise is None else c.label_noise
+    eps = head.label_noise
     return f"Bradley-Terry, labels taken as flipped at rate {eps:g}" if eps > 0 else "Bradley-Terry"
 
 
@@ -89,7 +87,7 @@ def pal_model_card(model, **kwargs) -> ModelCard:
         "|---|---|",
         f"| model | {c.model_type}, K = {c.k}, projector `{c.projector}`, width {c.width} |",
         f"| encoder | `{model.encoder.name}` (prompt {c.prompt_dim}-d, item {c.item_dim}-d) |",
-        f"| loss | {loss_description(c)} |",
+        f"| loss | {loss_description(model.head)} |",
         f"| users | {len(model.users)} |",
         f"| learned parameters | {model.num_learned_parameters():,} |",
     ]

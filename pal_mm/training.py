@@ -42,7 +42,6 @@ from .batches import PairBatches
 from .embedding import EncodedPairs, check_modalities, encode_data, render_data
 from .errors import PalMMError
 from .finetune import token_level_loss
-from .heads import get_head_class
 from .model import PALModel
 from .prior import fit_beliefs
 from .run_state import BestEpoch, load_model_state, model_state, prefix, prefixed, run_fingerprint
@@ -75,10 +74,9 @@ def optimizer_groups(model: PALModel, tc: TrainConfig) -> list[dict]:
 def build_model(train: EncodedPairs, encoder: Encoder, config: PALConfig, user_groups: dict | None = None) -> PALModel:
     """A fresh model sized from the training embeddings, normalisers fitted on them."""
     config.fix_widths(train.prompt.shape[1], train.chosen.shape[1])
-    if config.label_noise is None:  # fixed now, so the saved model keeps the loss it was trained with
-        config.label_noise = get_head_class(config.model_type).default_label_noise
     users = list(dict.fromkeys(train.user_ids))
     model = PALModel(config, encoder, users, user_groups)
+    config.label_noise = model.head.label_noise  # the head type's default when unset: saved, so the model keeps its loss
     model.head.fit_normalizers(train.prompt, torch.cat([train.chosen, train.rejected]))
     return model
 
